@@ -1,0 +1,31 @@
+"""``python -m stok.bin.dump_energy``: dump weight-free log-energy tokens through the dump engine.
+
+Use it to check a corpus end to end before a long dump (every file reads, durations, failures
+listed) and to measure the engine itself; see ``stok.dump.energy_model``.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from stok.dump.energy_model import EnergyTokens
+from stok.dump.engine import run_dump
+from stok.dump.options import add_dump_args
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_dump_args(p)
+    p.add_argument("--hop", type=int, default=320, help="samples per frame (320: 50 Hz at 16 kHz)")
+    p.add_argument("--sample_rate", type=int, default=16000, help="rate audio is resampled to")
+    p.add_argument("--min_samples", type=int, default=1, help="shorter utterances are listed as too short")
+    return p
+
+
+def main(argv=None) -> dict:
+    args = get_parser().parse_args(argv)
+    return run_dump(args, lambda device: EnergyTokens(args.hop, args.sample_rate, args.min_samples), name="energy")
+
+
+if __name__ == "__main__":
+    main()

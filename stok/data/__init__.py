@@ -1,0 +1,1 @@
+"""Data: audio reading, Kaldi data dirs, lhotse manifests and corpus preparation."""

@@ -1,0 +1,135 @@
+"""Read one utterance of audio from a ``wav.scp`` value, as a mono float32 tensor at a given rate.
+
+A ``wav.scp`` value is one of:
+
+- a path to any file soundfile can read (wav, flac, ogg, ...);
+- a Kaldi pipe, ``sox a.sph -t wav - |``: the command's stdout is read as an audio file;
+- an ark entry, ``/path/x.ark:1234``: a Kaldi wave record inside an archive (read through kaldiio).
+
+``start``/``end`` (seconds, from ``segments``; ``end`` < 0 or None means "to the end") cut a
+part of the recording. Multi-channel audio is averaged to mono (as CosyVoice's extractor does)
+and any rate is resampled with ``torchaudio.functional.resample``. We deliberately do not use
+``torchaudio.load``: since torchaudio 2.9 it needs TorchCodec and FFmpeg.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import subprocess
+from typing import Optional, Tuple
+
+import numpy as np
+import soundfile
+import torch
+
+_ARK_SPEC = re.compile(r"^(.+):(\d+)$")
+
+
+class AudioError(ValueError):
+    """An utterance whose audio cannot be read; the message names the source and the reason."""
+
+
+def is_pipe(spec: str) -> bool:
+    return spec.rstrip().endswith("|")
+
+
+def is_ark(spec: str) -> bool:
+    m = _ARK_SPEC.match(spec)
+    return bool(m) and not os.path.exists(spec) and not is_pipe(spec)
+
+
+def _read_pipe(spec: str) -> Tuple[np.ndarray, int]:
+    cmd = spec.rstrip()[:-1]
+    proc = subprocess.run(cmd, shell=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    if proc.returncode != 0:
+        err = proc.stderr.decode(errors="replace").strip().splitlines()
+        raise AudioError(f"command '{cmd}' exited with {proc.returncode}: {err[-1] if err else ''}")
+    if not proc.stdout:
+        raise AudioError(f"command '{cmd}' wrote no audio")
+    data, rate = soundfile.read(io.BytesIO(proc.stdout), dtype="float32", always_2d=True)
+    return data, rate
+
+
+def _read_ark(spec: str) -> Tuple[np.ndarray, int]:
+    import kaldiio
+
+    value = kaldiio.load_mat(spec)
+    if not (isinstance(value, tuple) and len(value) == 2):
+        raise AudioError(f"{spec} is not a wave record (found a {type(value).__name__})")
+    rate, data = value
+    data = np.asarray(data)
+    if data.dtype == np.int16:
+        data = data.astype(np.float32) / 32768.0
+    data = data.astype(np.float32)
+    if data.ndim == 1:
+        data = data[:, None]
+    return data, int(rate)
+
+
+def read_raw(spec: str, start: Optional[float] = None, end: Optional[float] = None) -> Tuple[np.ndarray, int]:
+    """Read ``[frames, channels]`` float32 and the file's own rate; ``start``/``end`` in seconds."""
+    try:
+        if is_pipe(spec):
+            data, rate = _read_pipe(spec)
+        elif is_ark(spec):
+            data, rate = _read_ark(spec)
+        else:
+            if not os.path.exists(spec):
+                raise AudioError(f"audio file not found: {spec}")
+            if os.path.getsize(spec) == 0:
+                raise AudioError(f"audio file is empty: {spec}")
+            info = soundfile.info(spec)
+            rate = info.samplerate
+            first = int(round(start * rate)) if start else 0
+            last = int(round(end * rate)) if end is not None and end >= 0 else None
+            data, rate = soundfile.read(spec, start=first, stop=last, dtype="float32", always_2d=True)
+            start = end = None  # already applied
+    except AudioError:
+        raise
+    except Exception as e:  # soundfile/libsndfile, kaldiio: name the file and the cause
+        raise AudioError(f"cannot decode {spec}: {type(e).__name__}: {e}") from e
+    if start or (end is not None and end >= 0):
+        first = int(round((start or 0.0) * rate))
+        last = int(round(end * rate)) if end is not None and end >= 0 else None
+        data = data[first:last]
+    return data, rate
+
+
+def to_mono(data: np.ndarray) -> np.ndarray:
+    return data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
+
+
+def resample(wave: torch.Tensor, orig_rate: int, new_rate: int) -> torch.Tensor:
+    if orig_rate == new_rate:
+        return wave
+    import torchaudio.functional as AF
+
+    return AF.resample(wave, orig_rate, new_rate)
+
+
+def load_audio(spec: str, sample_rate: int, start: Optional[float] = None,
+               end: Optional[float] = None) -> torch.Tensor:
+    """Mono float32 1-D tensor at ``sample_rate`` from a wav.scp value (see module docstring)."""
+    data, rate = read_raw(spec, start, end)
+    if data.shape[0] == 0:
+        raise AudioError(f"no samples in {spec}" + (f" [{start}, {end}]" if start or end else ""))
+    wave = torch.from_numpy(np.ascontiguousarray(to_mono(data)))
+    if not torch.isfinite(wave).all():
+        raise AudioError(f"non-finite samples in {spec}")
+    return resample(wave, rate, sample_rate)
+
+
+def duration_seconds(spec: str) -> float:
+    """Duration without decoding for plain files (header only); pipes and ark entries are decoded."""
+    if not is_pipe(spec) and not is_ark(spec):
+        if not os.path.exists(spec):
+            raise AudioError(f"audio file not found: {spec}")
+        try:
+            info = soundfile.info(spec)
+        except Exception as e:
+            raise AudioError(f"cannot read the header of {spec}: {e}") from e
+        return info.frames / info.samplerate
+    data, rate = read_raw(spec)
+    return data.shape[0] / rate

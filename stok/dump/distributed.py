@@ -1,0 +1,69 @@
+"""Process-group set-up for dumps launched by ``torchrun`` (or run as one plain process).
+
+NCCL on GPUs, gloo on CPU. The dump only needs barriers (each rank writes its own shard), so the
+process-group timeout is long: ranks may finish hours apart on unbalanced data
+(``STOK_DIST_TIMEOUT_HOURS``, default 24).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class DistInfo:
+    rank: int
+    world: int
+    local_rank: int
+    local_world: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def resolve_device(spec: str, local_rank: int) -> torch.device:
+    if spec == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    if spec == "cuda":
+        spec = f"cuda:{local_rank}"
+    device = torch.device(spec)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"error: --device {spec} asked for CUDA, but torch sees no GPU; use --device cpu")
+    return device
+
+
+def setup(device_spec: str = "auto", threads: int = 0) -> DistInfo:
+    rank = int(os.environ.get("RANK", 0))
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    device = resolve_device(device_spec, local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    else:
+        torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // max(1, local_world)))
+    if world > 1 and not dist.is_initialized():
+        hours = float(os.environ.get("STOK_DIST_TIMEOUT_HOURS", 24))
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                timeout=datetime.timedelta(hours=hours))
+    return DistInfo(rank, world, local_rank, local_world, device)
+
+
+def barrier(info: DistInfo) -> None:
+    if info.world > 1:
+        if info.device.type == "cuda":
+            dist.barrier(device_ids=[info.device.index])
+        else:
+            dist.barrier()
+
+
+def cleanup(info: DistInfo) -> None:
+    if info.world > 1 and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,77 @@
+"""The contract between the dump engine and a model: how one padded batch becomes codes.
+
+A model used by a dump subclasses :class:`DumpModel`. The engine does everything else:
+reading audio (``wav.scp`` + ``segments``), resampling to ``sample_rate``, bucketing by
+``num_frames``, DataLoader workers, sharding over ``torchrun`` ranks, resume, ark/scp writing
+and the failure list.
+
+Flow per utterance and batch::
+
+    wave (1-D float32 tensor at model.sample_rate, mono)
+      -> model.prepare(wave)          # in a DataLoader worker, on CPU; may raise TooShort
+      -> model.collate([x1, x2, ...]) # in the worker: (padded, lengths)
+      -> model.encode(padded.to(device), lengths.to(device))  # in the main process
+      -> list of numpy arrays, one per utterance, in batch order
+
+What ``encode`` returns decides how it is stored (see ``stok.dump.storage``):
+
+- 1-D integer array ``[T]``          -> Kaldi int32 vector (single-codebook tokens).
+- 2-D integer array ``[T, n_q]``     -> Kaldi matrix, frames as rows, exact integers
+                                         (two-byte integer compression); read with
+                                         ``stok.dump.storage.load_codes``.
+- 2-D float array ``[T, D]``         -> Kaldi float matrix (or two-byte compressed with
+                                         ``--feature_storage compressed16``).
+"""
+
+from __future__ import annotations
+
+from typing import List, Sequence, Tuple
+
+import numpy as np
+import torch
+
+
+class TooShort(ValueError):
+    """Raised by ``prepare`` when an utterance is too short for the model; it goes to failed.list."""
+
+
+class DumpModel:
+    """Base class: override ``encode`` at least; the defaults treat the waveform as the input."""
+
+    #: sample rate the engine resamples every utterance to
+    sample_rate: int = 16000
+    #: shorter utterances (in samples, after resampling) are written to failed.list as too short
+    min_samples: int = 1
+
+    def prepare(self, wave: torch.Tensor) -> torch.Tensor:
+        """Per-utterance preprocessing in a worker process (CPU). Default: the waveform itself."""
+        if wave.numel() < self.min_samples:
+            raise TooShort(f"{wave.numel()} samples < {self.min_samples} needed by the model")
+        return wave
+
+    def num_frames(self, num_samples: int) -> int:
+        """Cost of an utterance for the frame budget of a batch (``--max_frames``). Default: samples."""
+        return num_samples
+
+    def collate(self, items: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Pad prepared items along their last axis; return (padded [B, ..., T], lengths [B])."""
+        lengths = torch.tensor([x.shape[-1] for x in items], dtype=torch.long)
+        tmax = int(lengths.max())
+        shape = (len(items),) + tuple(items[0].shape[:-1]) + (tmax,)
+        padded = items[0].new_zeros(shape)
+        for i, x in enumerate(items):
+            padded[i, ..., : x.shape[-1]] = x
+        return padded, lengths
+
+    def to(self, device: torch.device) -> "DumpModel":
+        """Move weights to ``device``; models holding an ``nn.Module`` override this."""
+        return self
+
+    @torch.inference_mode()
+    def encode(self, padded: torch.Tensor, lengths: torch.Tensor) -> List[np.ndarray]:
+        """Turn one padded batch into one numpy array per utterance (see module docstring)."""
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        """Metadata written into the dump's summary JSON (model name, version, frame rate ...)."""
+        return {"model": type(self).__name__}

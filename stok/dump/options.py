@@ -1,0 +1,56 @@
+"""Command-line options shared by every dump (``add_dump_args``) and their validation."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from stok.dump.storage import FEATURE_STORAGES
+
+
+def add_dump_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("input and output (dump engine)")
+    src = g.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data_dir", help="Kaldi data dir: wav.scp, optional segments and utt2dur (durations for bucketing)")
+    src.add_argument("--wav_scp", help="a bare wav.scp (paths, 'cmd |' pipes or ark:offset entries)")
+    g.add_argument("--segments", help="segments file to use with --wav_scp (utt rec start end)")
+    g.add_argument("--output_dir", required=True, help="where <name>.scp, <name>.<rank>.ark, failed.list and the summary go")
+    g.add_argument("--text_output", action="store_true",
+                   help="also write <name>.txt: 'utt tok tok ...' (codes [T, n_q] flattened frame by frame)")
+    g.add_argument("--feature_storage", choices=FEATURE_STORAGES, default="float32",
+                   help="float features: float32 matrices, or Kaldi two-byte compressed matrices (half the size, "
+                        "max error (max-min)/65535, read back as float32 by kaldiio)")
+    g.add_argument("--overwrite", action="store_true", help="delete earlier output of this dump instead of resuming")
+    g.add_argument("--strict", action="store_true", help="exit non-zero if any utterance failed (default: list and go on)")
+    g.add_argument("--limit", type=int, default=0, help="process only the first N utterances (by key), for trials")
+
+    b = parser.add_argument_group("batching and execution (dump engine)")
+    b.add_argument("--device", default="auto",
+                   help="auto (cuda:LOCAL_RANK when CUDA is available, else cpu), cpu, cuda or cuda:N")
+    b.add_argument("--batch_size", type=int, default=64, help="max utterances per batch (0: no limit)")
+    b.add_argument("--max_frames", type=int, default=0,
+                   help="max padded model frames per batch (batch size x longest item, in the model's input frames); "
+                        "overrides --batch_seconds")
+    b.add_argument("--batch_seconds", type=float, default=240.0,
+                   help="max padded audio seconds per batch (batch size x longest utterance)")
+    b.add_argument("--no_bucketing", action="store_true",
+                   help="batch in key order instead of by length (more padding; for comparisons)")
+    b.add_argument("--num_workers", type=int, default=2, help="DataLoader worker processes reading audio (0: in-process)")
+    b.add_argument("--threads", type=int, default=0, help="torch CPU threads per process (0: cores / processes)")
+
+
+def check_dump_args(args: argparse.Namespace) -> None:
+    """Fail before any work on options that cannot work; messages name the file and the fix."""
+    if args.data_dir and not os.path.isfile(os.path.join(args.data_dir, "wav.scp")):
+        raise SystemExit(f"error: {args.data_dir}/wav.scp not found; --data_dir must be a Kaldi data dir (run stage 0)")
+    if args.wav_scp and not os.path.isfile(args.wav_scp):
+        raise SystemExit(f"error: --wav_scp {args.wav_scp} not found")
+    if args.segments and not args.wav_scp:
+        raise SystemExit("error: --segments goes with --wav_scp (a --data_dir's own segments file is used automatically)")
+    if args.segments and not os.path.isfile(args.segments):
+        raise SystemExit(f"error: --segments {args.segments} not found")
+    for name in ("batch_size", "max_frames", "num_workers", "limit", "threads"):
+        if getattr(args, name) < 0:
+            raise SystemExit(f"error: --{name} must be >= 0")
+    if args.batch_seconds <= 0 and not args.max_frames and not args.batch_size:
+        raise SystemExit("error: give a batch limit: --batch_size, --max_frames or --batch_seconds")

@@ -1,0 +1,1 @@
+"""Models: teachers (HuBERT, MFCC), k-means units, SpeechTokenizer, S3Tokenizer."""
