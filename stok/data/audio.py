@@ -52,6 +52,35 @@ def _read_pipe(spec: str) -> Tuple[np.ndarray, int]:
     return data, rate
 
 
+def _wav_declared_bytes(path: str) -> Optional[int]:
+    """Size the RIFF header declares for the 'data' chunk (None: not a plain RIFF/WAVE or no data chunk)."""
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        while True:
+            chunk = f.read(8)
+            if len(chunk) < 8:
+                return None
+            size = int.from_bytes(chunk[4:8], "little")
+            if chunk[:4] == b"data":
+                return None if size in (0, 0xFFFFFFFF) else size  # streamed WAVs leave it unset
+            f.seek(size + (size & 1), 1)
+
+
+def check_complete(path: str, info) -> None:
+    """libsndfile silently shortens a truncated WAV to the bytes present; compare with its header."""
+    declared = _wav_declared_bytes(path)
+    if declared is None or not info.frames:
+        return
+    width = {"PCM_16": 2, "PCM_24": 3, "PCM_32": 4, "FLOAT": 4, "DOUBLE": 8, "PCM_U8": 1, "ULAW": 1, "ALAW": 1}
+    bytes_per_sample = width.get(info.subtype)
+    if bytes_per_sample:
+        expected = declared // (bytes_per_sample * info.channels)
+        if info.frames < expected:
+            raise AudioError(f"truncated file {path}: header declares {expected} frames, only {info.frames} present")
+
+
 def _read_ark(spec: str) -> Tuple[np.ndarray, int]:
     import kaldiio
 
@@ -81,6 +110,7 @@ def read_raw(spec: str, start: Optional[float] = None, end: Optional[float] = No
             if os.path.getsize(spec) == 0:
                 raise AudioError(f"audio file is empty: {spec}")
             info = soundfile.info(spec)
+            check_complete(spec, info)
             rate = info.samplerate
             first = int(round(start * rate)) if start else 0
             last = int(round(end * rate)) if end is not None and end >= 0 else None

@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# stok: the staged pipeline, wav.scp in, codes.ark out.
+#   bash run.sh [--recipe recipes/demo] [--stage 0] [--stop_stage 5] [--nj N] [--ngpu N] [--name value ...]
+# Stages: 0 data prep, 1 teacher features, 2 k-means units, 3 train SpeechTokenizer,
+#         4 dump SpeechTokenizer codes (+ decode the dev set), 5 dump S3Tokenizer tokens.
+# Outputs go under the recipe dir: data/ (Kaldi dirs, manifests), dump/ (features, labels, tokens), exp/ (models, logs).
+set -euo pipefail
+
+# begin options
+stage=0                  # first stage to run: 0 data, 1 teacher, 2 k-means, 3 train, 4 codes, 5 S3 tokens
+stop_stage=5             # last stage to run
+recipe=recipes/demo      # recipe dir with conf/corpus.sh, conf/train.yaml and local/data.sh
+nj=2                     # dump processes per node (torchrun --nproc_per_node); CPU processes when ngpu=0
+ngpu=0                   # GPUs per node for dumps and training (0: run on CPU)
+num_workers=2            # audio-reading DataLoader workers per process
+train_nj=1               # training processes per node (DDP; one per GPU)
+teacher=mfcc             # stage 1 teacher: mfcc (no weights) or hubert
+teacher_opts=""          # extra stage 1 options, e.g. "--checkpoint hubert_base_ls960.pt --layer avg"
+n_clusters=100           # stage 2 k-means clusters (100 for MFCC, 500 for HuBERT)
+km_percent=1.0           # stage 2: fraction of training frames k-means learns on
+train_config=conf/train.yaml  # stage 3 config, relative to the recipe dir
+train_opts=""            # extra stage 3 options, e.g. "--max_steps 1000"
+st_n_q=0                 # stage 4: codebooks to dump (0: all)
+s3_version=v2_25hz       # stage 5 S3Tokenizer version: v1_50hz, v1_25hz, v2_25hz, v3_25hz
+s3_model=demo            # stage 5 model: an ONNX/checkpoint path, an official name, or demo (random weights, smoke test only)
+s3_opts=""               # extra stage 5 options, e.g. "--dtype bf16"
+# end options
+
+# The recipe's own settings (corpus paths, split names, and overrides of the defaults above) come next,
+# then the command line overrides everything.
+for ((i = 1; i <= $#; i++)); do
+  case "${!i}" in
+    --recipe) j=$((i + 1)); recipe=${!j} ;;
+    --recipe=*) recipe=${!i#--recipe=} ;;
+  esac
+done
+if [ ! -f "$recipe/conf/corpus.sh" ]; then
+  echo "run.sh: $recipe/conf/corpus.sh not found; --recipe must be a recipe dir such as recipes/demo" >&2
+  exit 1
+fi
+. "$recipe/conf/corpus.sh"
+help_message=$(sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//')
+option_files="$recipe/conf/corpus.sh"
+. "$(dirname "$0")/local/parse_options.sh"
+if [ $# -gt 0 ]; then echo "run.sh: unexpected argument $1 (see run.sh --help)" >&2; exit 1; fi
+# the recipe's options (after command-line overrides) reach local/data.sh through the environment
+export nj $(sed -n '/^# begin options/,/^# end options/p' "$recipe/conf/corpus.sh" | grep -oE '^[A-Za-z_][A-Za-z0-9_]*(=)' | tr -d =)
+. "$(dirname "$0")/path.sh"
+
+log() { echo -e "$(date '+%Y-%m-%d %H:%M:%S') (${BASH_SOURCE[1]##*/}:${BASH_LINENO[0]}) $*"; }
+
+cd "$recipe"
+splits="$train_set $dev_set $test_sets"
+if [ "$ngpu" -gt 0 ]; then device=cuda; procs=$ngpu; else device=cpu; procs=$nj; fi
+launch="python -m"
+[ "$procs" -gt 1 ] && launch="torchrun --standalone --nproc_per_node $procs -m"
+train_launch="python -m"
+[ "$train_nj" -gt 1 ] && train_launch="torchrun --standalone --nproc_per_node $train_nj -m"
+dump_opts="--device $device --num_workers $num_workers"
+
+if [ $stage -le 0 ] && [ $stop_stage -ge 0 ]; then
+  log "Stage 0: prepare $recipe: lhotse manifests in data/manifests, Kaldi dirs in data/{${splits// /,}}"
+  bash local/data.sh
+fi
+
+if [ $stage -le 1 ] && [ $stop_stage -ge 1 ]; then
+  log "Stage 1: $teacher teacher features -> dump/$teacher/<split>/feats.scp"
+  for s in $splits; do
+    $launch stok.bin.dump_features --teacher $teacher $teacher_opts $dump_opts \
+      --data_dir data/$s --output_dir dump/$teacher/$s
+  done
+fi
+
+if [ $stage -le 2 ] && [ $stop_stage -ge 2 ]; then
+  log "Stage 2: k-means ($n_clusters clusters) on $train_set, labels -> dump/km$n_clusters/<split>"
+  python -m stok.bin.kmeans learn --feats_scp dump/$teacher/$train_set/feats.scp \
+    --n_clusters $n_clusters --percent $km_percent --output exp/kmeans/km$n_clusters.npz
+  for s in $splits; do
+    python -m stok.bin.kmeans dump --km_model exp/kmeans/km$n_clusters.npz \
+      --feats_scp dump/$teacher/$s/feats.scp --output_dir dump/km$n_clusters/$s
+  done
+fi
+
+if [ $stage -le 3 ] && [ $stop_stage -ge 3 ]; then
+  log "Stage 3: train SpeechTokenizer ($train_config) -> exp/st, export exp/st/export"
+  $train_launch stok.bin.train --config $train_config --exp_dir exp/st \
+    --data_dir data/$train_set --teacher_scp dump/$teacher/$train_set/feats.scp \
+    --dev_dir data/$dev_set --dev_teacher_scp dump/$teacher/$dev_set/feats.scp --device $device $train_opts
+fi
+
+if [ $stage -le 4 ] && [ $stop_stage -ge 4 ]; then
+  log "Stage 4: SpeechTokenizer codes -> dump/st_codes/<split>; decode $dev_set -> exp/st/decode/$dev_set"
+  for s in $splits; do
+    $launch stok.bin.dump_codes --model_dir exp/st/export --n_q $st_n_q $dump_opts \
+      --data_dir data/$s --output_dir dump/st_codes/$s
+  done
+  python -m stok.bin.decode --model_dir exp/st/export --codes_scp dump/st_codes/$dev_set/st_codes.scp \
+    --output_dir exp/st/decode/$dev_set
+fi
+
+if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
+  log "Stage 5: S3Tokenizer $s3_version tokens -> dump/s3_$s3_version/<split>/s3_tokens.scp"
+  if [ "$s3_model" = demo ]; then
+    s3_model=exp/s3/demo_$s3_version.onnx
+    python -m stok.bin.make_demo_s3 --version $s3_version --output $s3_model
+  fi
+  for s in $splits; do
+    $launch stok.bin.dump_s3 --model $s3_model --version $s3_version $s3_opts $dump_opts \
+      --data_dir data/$s --output_dir dump/s3_$s3_version/$s
+  done
+fi
+
+log "Done: stages $stage to $stop_stage of $recipe"
