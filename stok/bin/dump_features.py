@@ -1,0 +1,115 @@
+"""``stok-dump-features`` / ``python -m stok.bin.dump_features``: stage 1, teacher features through the dump engine.
+
+Writes ``<output_dir>/feats.scp`` (+ ``feats.<rank>.ark``, ``failed.list``, ``feats.summary.json``): one float
+matrix ``[T, D]`` per utterance with ``T = ceil(samples / 320)`` rows (50 Hz at 16 kHz; the frame rule of
+:mod:`stok.models.frames`, shared with the SpeechTokenizer trainer).
+
+Examples::
+
+    # weight-free MFCC teacher (39 dims; the demo recipe)
+    python -m stok.bin.dump_features --teacher mfcc --data_dir data/train --output_dir dump/mfcc/train
+    # HuBERT base, mean of all 13 hidden states (the released SpeechTokenizer's teacher), on 4 GPUs
+    torchrun --nproc_per_node 4 -m stok.bin.dump_features --teacher hubert \\
+        --checkpoint hubert_base_ls960.pt --layer avg --data_dir data/train-clean-100 \\
+        --output_dir dump/hubert/train-clean-100 --device cuda --feature_storage compressed16
+    # HuBERT layer 9 (k-means units as the SpeechTokenizer authors'), Hugging Face weights
+    python -m stok.bin.dump_features --teacher hubert --checkpoint hubert-base-ls960/ --layer 9 ...
+
+Storage: float32 Kaldi matrices by default (``kaldiio.load_scp(feats.scp)[utt]`` -> float32 ``[T, D]``).
+``--feature_storage compressed16`` writes Kaldi compressed matrices (two bytes per value, linear over each
+matrix's own min..max range, the size of float16); ``kaldiio``, Kaldi's ``copy-feats`` and the trainer read them
+back transparently as float32, with an error of at most (max - min) / 65535 per value. Before the dump starts
+the tool prints a disk estimate (hours x 50 frames/s x dims x bytes) and warns when the output disk lacks room.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+from typing import Optional
+
+from stok.dump.engine import run_dump
+from stok.dump.options import add_dump_args, check_dump_args
+from stok.models.teacher import add_teacher_args, build_teacher
+
+log = logging.getLogger("stok.dump_features")
+NAME = "feats"
+FRAME_RATE = 50.0
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_teacher_args(p)
+    add_dump_args(p)
+    return p
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.1f} {unit}"
+        n /= 1000.0
+
+
+def audio_hours(args) -> Optional[float]:
+    """Total audio hours from utt2dur/segments (None when some durations are unknown)."""
+    from stok.dump.engine import read_utterances
+
+    try:
+        utts = read_utterances(args)
+    except SystemExit:
+        raise
+    except Exception:
+        return None
+    if any(u.duration is None for u in utts):
+        return None
+    return sum(u.duration for u in utts) / 3600.0
+
+
+def disk_estimate(hours: float, dim: int, storage: str) -> dict:
+    """Bytes of a feature dump: frames x dims x bytes per value (+ per-record headers, negligible)."""
+    frames = hours * 3600.0 * FRAME_RATE
+    bytes_per_value = 2 if storage == "compressed16" else 4
+    return {"hours": hours, "frames": frames, "dim": dim, "bytes_per_value": bytes_per_value,
+            "bytes": frames * dim * bytes_per_value}
+
+
+def print_estimate(args, dim: int) -> Optional[dict]:
+    hours = audio_hours(args)
+    if hours is None:
+        log.info("disk estimate: durations unknown (no utt2dur); %d dims x %d bytes per value at 50 frames/s",
+                 dim, 2 if args.feature_storage == "compressed16" else 4)
+        return None
+    est = disk_estimate(hours, dim, args.feature_storage)
+    msg = (f"disk estimate: {hours:.2f} h x {FRAME_RATE:.0f} frames/s x {dim} dims x {est['bytes_per_value']} B "
+           f"({args.feature_storage}) = {_human(est['bytes'])}")
+    os.makedirs(args.output_dir, exist_ok=True)
+    free = shutil.disk_usage(args.output_dir).free
+    est["free"] = free
+    if est["bytes"] > free:
+        log.warning("%s, but only %s free under %s: the dump will not fit (use --feature_storage compressed16, "
+                    "another disk, or an online teacher)", msg, _human(free), args.output_dir)
+    else:
+        log.info("%s (%s free)", msg, _human(free))
+    if args.feature_storage == "float32" and est["bytes"] > 50e9:
+        log.info("a large dump: --feature_storage compressed16 halves it (error <= (max-min)/65535 per value)")
+    return est
+
+
+def main(argv=None) -> dict:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = get_parser().parse_args(argv)
+    check_dump_args(args)
+    if args.teacher == "hubert" and not args.checkpoint:
+        raise SystemExit("error: --teacher hubert needs --checkpoint (fairseq .pt, Hugging Face dir, torchaudio "
+                         "state dict or bundle name such as HUBERT_BASE); --teacher mfcc needs no weights")
+    teacher = build_teacher(args, device="cpu")  # loaded once; moved to the rank's device by the engine
+    if int(os.environ.get("RANK", 0)) == 0:
+        print_estimate(args, teacher.dim)
+    return run_dump(args, lambda device: teacher.to(device), name=NAME)
+
+
+if __name__ == "__main__":
+    main()

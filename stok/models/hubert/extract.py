@@ -1,0 +1,226 @@
+"""Exact batched HuBERT feature extraction.
+
+**Why batching needs care.** HuBERT base normalises the output of its first conv layer with a GroupNorm that
+has one group per channel, i.e. statistics over the *whole utterance*; zero padding in a batch changes them,
+so the usual batched call gives different features for padded items. Large/xlarge use a per-frame LayerNorm,
+which padding does not disturb, but they normalise the waveform (zero mean, unit variance over the
+utterance), which must not see padding either.
+
+**What we do.** Each utterance (or chunk, below) goes through the waveform normalisation and the conv front end
+on its own true samples; the conv features are then padded into one batch and the transformer runs once with
+a key-padding mask (padded frames zeroed before the positional convolution, as an unpadded run sees zeros past
+the end; padded keys excluded from attention with a boolean mask). Every operation after the front end either
+acts frame by frame or is masked, so the valid frames equal a one-at-a-time run up to float rounding
+(tests: max abs difference <= 1e-4 in fp32, base and large). ``frontend="batched"`` instead runs the conv
+front end on the padded batch with the GroupNorm statistics computed over each item's valid frames only
+(also exact; faster on GPUs with many short items); ``auto`` uses it on CUDA and the per-item loop on CPU.
+
+**Frames.** Chunk or utterance of ``n >= 400`` samples -> ``floor((n - 400) / 320) + 1`` frames (frame k covers
+samples ``[320k, 320k + 400)``). Items shorter than 400 samples are zero-padded to 400 (one frame). Alignment to
+codec frames (``ceil(n / 320)``) is the caller's (:func:`stok.models.frames.align_teacher`).
+
+**Layers.** ``layer=L`` (1-based, as fairseq's ``output_layer``): the output of transformer layer L, without the
+final LayerNorm of pre-LN (large/xlarge) models, exactly what fairseq's ``extract_features(output_layer=L)``
+returns; layers after L are not run. ``layer="avg"``: the mean of the L+1 hidden states that Hugging Face's
+``HubertModel(output_hidden_states=True)`` returns: state 0 is the transformer input (after the positional
+convolution, and for post-LN base after the encoder LayerNorm: exactly what enters layer 1), states 1..L the
+layer outputs, where for pre-LN models the last one has the final LayerNorm applied (HF's convention). For
+HuBERT base that is the mean of all 13 states, the teacher of the released SpeechTokenizer.
+
+**Long files.** ``max_chunk`` samples (default 1,600,000 = 100 s, fairseq's ``max_chunk``): a longer input is cut
+into nearly equal chunks of at most ``max_chunk`` samples (a tail too short for a frame, under 400 samples, joins
+the last chunk) whose starts are multiples of 320 and which overlap by 80 samples, so that chunk j yields exactly the frames of the whole file at those positions and the concatenation
+has the same frame count as an unchunked run (fairseq's plain slicing loses a frame per chunk boundary). Each
+chunk is its own item (own GroupNorm statistics, attention within the chunk), as in fairseq; the waveform
+normalisation of large models is over the whole file, as in fairseq. ``max_chunk=0`` processes every input
+whole. Nothing is truncated: every sample contributes to exactly the frames it would whole.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+from typing import List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+
+from stok.models.hubert import LoadedHubert
+
+RECEPTIVE_FIELD = 400
+HOP = 320
+DEFAULT_MAX_CHUNK = 1_600_000
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+def parse_layer(layer: Union[int, str], num_layers: int) -> Union[int, str]:
+    """``"avg"`` or a 1-based layer number in ``1..num_layers`` (``"9"`` -> 9)."""
+    if isinstance(layer, str):
+        if layer.strip().lower() == "avg":
+            return "avg"
+        try:
+            layer = int(layer)
+        except ValueError:
+            raise ValueError(f"--layer must be a number (1-based) or avg, got {layer!r}") from None
+    if not 1 <= int(layer) <= num_layers:
+        raise ValueError(f"--layer {layer} is out of range: this model has layers 1..{num_layers} (or avg)")
+    return int(layer)
+
+
+def chunk_bounds(n: int, max_chunk: int) -> List[Tuple[int, int]]:
+    """Sample ranges ``[start, end)`` covering ``n`` samples (see module docstring, *Long files*)."""
+    if max_chunk <= 0 or n <= max_chunk:
+        return [(0, n)]
+    if max_chunk < 2 * RECEPTIVE_FIELD:
+        raise ValueError(f"max_chunk must be at least {2 * RECEPTIVE_FIELD} samples (or 0 for whole files)")
+    overlap = RECEPTIVE_FIELD - HOP  # 80 samples: chunk j's last frame needs them
+    step = max(HOP, (max_chunk - overlap) // HOP * HOP)  # chunk = step + 80 <= max_chunk
+    k = math.ceil((n - overlap) / step)
+    step = max(HOP, math.ceil((n - overlap) / k / HOP) * HOP)  # nearly equal chunks, still <= the first step
+    bounds = []
+    start = 0
+    while start < n:
+        end = min(n, start + step + overlap)
+        if n - (start + step) < RECEPTIVE_FIELD:  # the rest would make no frame: this chunk takes it
+            end = n
+        bounds.append((start, end))
+        if end == n:
+            break
+        start += step
+    return bounds
+
+
+def conv_frames(n: int) -> int:
+    return 0 if n < RECEPTIVE_FIELD else (n - RECEPTIVE_FIELD) // HOP + 1
+
+
+class HubertExtractor:
+    """Features of one layer or the layer average, batched exactly (see module docstring)."""
+
+    def __init__(self, loaded: LoadedHubert, layer: Union[int, str] = "avg", normalize: Optional[bool] = None,
+                 max_chunk: int = DEFAULT_MAX_CHUNK, dtype: Union[str, torch.dtype] = "float32",
+                 frontend: str = "auto"):
+        self.loaded = loaded
+        self.model = loaded.model.eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.config = loaded.config
+        self.num_layers = len(self.model.encoder.transformer.layers)
+        self.layer = parse_layer(layer, self.num_layers)
+        if normalize is None:
+            from stok.models.hubert.configs import default_normalize
+
+            normalize = loaded.normalize if loaded.normalize is not None else default_normalize(self.config)
+        self.normalize = bool(normalize)
+        self.max_chunk = int(max_chunk)
+        if self.max_chunk and self.max_chunk < 2 * RECEPTIVE_FIELD:
+            raise ValueError(f"max_chunk must be 0 (whole files) or at least {2 * RECEPTIVE_FIELD} samples")
+        self.dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
+        if frontend not in ("auto", "per_item", "batched"):
+            raise ValueError("frontend must be auto, per_item or batched")
+        self.frontend = frontend
+        self.dim = self.config["encoder_embed_dim"]
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def to(self, device) -> "HubertExtractor":
+        self.model.to(device)
+        return self
+
+    # ------------------------------------------------------------------------------------------------
+    def _autocast(self):
+        if self.dtype == torch.float32:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def _frontend_per_item(self, chunks: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+        fe = self.model.feature_extractor
+        return [fe(c[None], None)[0][0] for c in chunks]
+
+    def _frontend_batched(self, chunks: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+        """The conv stack on the padded batch; a GroupNorm uses each item's valid frames only."""
+        lengths = torch.tensor([c.numel() for c in chunks], device=chunks[0].device)
+        x = torch.nn.utils.rnn.pad_sequence(list(chunks), batch_first=True)[:, None]  # [B, 1, T]
+        for block in self.model.feature_extractor.conv_layers:
+            x = block.conv(x)
+            lengths = torch.div(lengths - block.kernel_size, block.stride, rounding_mode="floor") + 1
+            norm = block.layer_norm
+            if isinstance(norm, torch.nn.GroupNorm):  # statistics over each item's valid frames only
+                for i, n in enumerate(lengths.tolist()):
+                    x[i:i + 1, :, :n] = norm(x[i:i + 1, :, :n])
+            elif norm is not None:
+                x = norm(x)
+            x = F.gelu(x)
+        x = x.transpose(1, 2)  # [B, T, C]
+        return [x[i, : int(n)] for i, n in enumerate(lengths.tolist())]
+
+    def _transformer(self, feats: List[torch.Tensor]) -> torch.Tensor:
+        """Padded [B, T, D] output (layer L or avg) of the transformer on per-item conv features."""
+        enc = self.model.encoder
+        lengths = torch.tensor([f.shape[0] for f in feats], device=feats[0].device)
+        x = torch.nn.utils.rnn.pad_sequence(feats, batch_first=True)
+        x = enc.feature_projection(x)
+        B, T, _ = x.shape
+        pad = torch.arange(T, device=x.device)[None] >= lengths[:, None]  # [B, T] True at padding
+        mask = None
+        if bool(pad.any()):
+            x = x.masked_fill(pad[..., None], 0.0)
+            mask = (~pad)[:, None, None, :].expand(B, 1, T, T)  # boolean: True = may attend
+        tr = enc.transformer
+        x = tr._preprocess(x)  # + positional conv; LayerNorm here for post-LN (base)
+        layers = tr.layers
+        if self.layer == "avg":
+            total = x.float()
+            for i, layer in enumerate(layers):
+                x, _ = layer(x, mask)
+                if i == len(layers) - 1 and not tr.layer_norm_first:  # pre-LN model: HF's last state has the final LN
+                    total = total + tr.layer_norm(x).float()
+                else:
+                    total = total + x.float()
+            return total / (len(layers) + 1)
+        for layer in layers[: self.layer]:
+            x, _ = layer(x, mask)
+        return x.float()
+
+    @torch.no_grad()
+    def extract(self, waves: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+        """Features ``[conv_frames(n), D]`` float32 (on the model's device) for 1-D waveforms at 16 kHz."""
+        if not len(waves):
+            return []
+        device = self.device
+        chunks: List[torch.Tensor] = []
+        owner: List[int] = []
+        for i, w in enumerate(waves):
+            w = w.to(device=device, dtype=torch.float32).reshape(-1)
+            if w.numel() < RECEPTIVE_FIELD:
+                w = F.pad(w, (0, RECEPTIVE_FIELD - w.numel()))
+            if self.normalize:
+                w = F.layer_norm(w, w.shape)
+            for s, e in chunk_bounds(w.numel(), self.max_chunk):
+                chunks.append(w[s:e])
+                owner.append(i)
+        with self._autocast():
+            batched = self.frontend == "batched" or (self.frontend == "auto" and device.type == "cuda")
+            feats = self._frontend_batched(chunks) if batched else self._frontend_per_item(chunks)
+            out = self._transformer(feats)
+        per_utt: List[List[torch.Tensor]] = [[] for _ in waves]
+        for j, (i, f) in enumerate(zip(owner, feats)):
+            per_utt[i].append(out[j, : f.shape[0]])
+        return [torch.cat(parts, 0) if len(parts) > 1 else parts[0] for parts in per_utt]
+
+    def extract_padded(self, padded: torch.Tensor, lengths: torch.Tensor) -> List[torch.Tensor]:
+        """:meth:`extract` on a zero-padded batch ``[B, T]`` with valid lengths ``[B]``."""
+        if padded.dim() == 3:
+            padded = padded[:, 0]
+        return self.extract([padded[i, : int(n)] for i, n in enumerate(lengths.tolist())])
+
+    def describe(self) -> dict:
+        from stok.models.hubert.configs import describe_config
+
+        return {"layer": self.layer, "num_layers": self.num_layers, "dim": self.dim, "normalize": self.normalize,
+                "max_chunk": self.max_chunk, "dtype": str(self.dtype).replace("torch.", ""),
+                "architecture": describe_config(self.config), "source": self.loaded.source,
+                "format": self.loaded.fmt}

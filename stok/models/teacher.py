@@ -1,0 +1,227 @@
+"""Stage 1 teachers as dump-engine models: HuBERT (one layer or the layer average) or weight-free MFCC.
+
+``add_teacher_args(parser)`` declares the options; ``build_teacher(args, device)`` returns a
+:class:`~stok.dump.model_api.DumpModel` whose ``encode`` gives one float32 ``[T, D]`` array per utterance with
+``T = codec_frames(num_samples)`` (:mod:`stok.models.frames`: HuBERT's and the MFCC's ``floor((n-400)/320)+1``
+frames, padded by repeating the last row to ``ceil(n / 320)``). The same object serves other callers:
+
+- ``teacher.extract(wav [B, T], lengths [B])`` -> list of aligned ``[T_i, D]`` float32 tensors on the device
+  (the trainer's online teacher; k-means labels straight from audio);
+- ``teacher.extract_waves([w1, w2, ...])`` for a list of 1-D waveforms.
+
+``build_teacher`` also takes keyword arguments instead of a parsed namespace:
+``build_teacher("hubert", device="cuda", checkpoint="hubert_base_ls960.pt", layer="avg")``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import Any, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from stok.dump.model_api import DumpModel, TooShort
+from stok.models.frames import HOP, align_teacher, codec_frames
+
+log = logging.getLogger("stok.teacher")
+TEACHERS = ("hubert", "mfcc")
+MIN_SAMPLES = 400  # one HuBERT/MFCC frame
+
+
+def add_teacher_args(parser: argparse.ArgumentParser) -> None:
+    from stok.models.hubert import FORMATS
+    from stok.models.hubert.configs import CONFIG_NAMES
+
+    g = parser.add_argument_group("teacher")
+    g.add_argument("--teacher", choices=TEACHERS, default="hubert",
+                   help="hubert (needs --checkpoint) or mfcc (39-dim MFCC + deltas at 50 Hz, no weights)")
+    g.add_argument("--checkpoint", default=None,
+                   help="HuBERT weights: a fairseq .pt, a Hugging Face dir (config.json + pytorch_model.bin or "
+                        "model.safetensors), a torchaudio state dict, or a torchaudio bundle name (HUBERT_BASE ...)")
+    g.add_argument("--checkpoint_format", choices=FORMATS, default="auto",
+                   help="how to read --checkpoint (auto: a dir is hf, a bare name a bundle, a file is inspected)")
+    g.add_argument("--hubert_config", choices=("auto",) + CONFIG_NAMES, default="auto",
+                   help="architecture for what the checkpoint does not say (heads, pre/post-LN); "
+                        "auto: its own config, else the preset of the same width")
+    g.add_argument("--layer", default="avg",
+                   help="HuBERT output: a 1-based transformer layer (9: fairseq output_layer=9) or avg "
+                        "(mean of all hidden states incl. the transformer input: the released SpeechTokenizer's teacher)")
+    g.add_argument("--normalize_waveform", choices=("auto", "true", "false"), default="auto",
+                   help="normalise each waveform to zero mean, unit variance first (auto: as the checkpoint says; "
+                        "fairseq task.normalize, HF do_normalize; else true for large/xlarge, false for base)")
+    g.add_argument("--max_chunk_seconds", type=float, default=100.0,
+                   help="longer inputs go through HuBERT in frame-aligned chunks of at most this length "
+                        "(fairseq max_chunk: 100 s); 0: whole files")
+    g.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32",
+                   help="HuBERT compute precision (autocast; features are stored as float32 either way)")
+    g.add_argument("--frontend", choices=("auto", "per_item", "batched"), default="auto",
+                   help="HuBERT conv front end: per utterance, or batched with per-utterance GroupNorm "
+                        "statistics (both exact; auto: batched on CUDA)")
+
+
+def teacher_defaults() -> dict:
+    p = argparse.ArgumentParser(add_help=False)
+    add_teacher_args(p)
+    return vars(p.parse_args([]))
+
+
+def _options(args: Any, overrides: dict) -> argparse.Namespace:
+    opts = teacher_defaults()
+    if isinstance(args, str):
+        opts["teacher"] = args
+    elif isinstance(args, argparse.Namespace):
+        opts.update({k: v for k, v in vars(args).items() if k in opts})
+    elif isinstance(args, dict):
+        opts.update(args)
+    elif args is not None:
+        raise TypeError(f"build_teacher: args must be a Namespace, a dict or a teacher name, got {type(args).__name__}")
+    unknown = set(overrides) - set(opts)
+    if unknown:
+        raise TypeError(f"build_teacher: unknown options {sorted(unknown)}; known: {sorted(opts)}")
+    opts.update(overrides)
+    return argparse.Namespace(**opts)
+
+
+class Teacher(DumpModel):
+    """Shared parts: frame alignment, ``encode`` and ``extract`` over :meth:`features`."""
+
+    sample_rate = 16000
+    min_samples = MIN_SAMPLES
+    name = "teacher"
+    dim = 0
+
+    def num_frames(self, num_samples: int) -> int:
+        return num_samples
+
+    def features(self, waves: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+        raise NotImplementedError
+
+    def extract_waves(self, waves: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+        """Aligned ``[codec_frames(n), D]`` float32 features of 1-D waveforms."""
+        feats = self.features(waves)
+        return [align_teacher(f, codec_frames(w.numel(), HOP)) for f, w in zip(feats, waves)]
+
+    def extract(self, wav: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
+        """Aligned features of a padded batch ``[B, T]`` (or ``[B, 1, T]``) with valid ``lengths``."""
+        if wav.dim() == 3:
+            wav = wav[:, 0]
+        if wav.dim() == 1:
+            wav = wav[None]
+        if lengths is None:
+            lengths = torch.full((wav.shape[0],), wav.shape[-1], dtype=torch.long)
+        return self.extract_waves([wav[i, : int(n)] for i, n in enumerate(lengths.tolist())])
+
+    __call__ = extract
+
+    @torch.no_grad()
+    def encode(self, padded: torch.Tensor, lengths: torch.Tensor) -> List[np.ndarray]:
+        return [f.float().cpu().numpy() for f in self.extract(padded, lengths)]
+
+
+class HubertTeacher(Teacher):
+    name = "hubert"
+
+    def __init__(self, extractor):
+        self.extractor = extractor
+        self.dim = extractor.dim
+
+    def to(self, device) -> "HubertTeacher":
+        self.extractor.to(device)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self.extractor.device
+
+    def parameters(self):
+        return self.extractor.model.parameters()
+
+    def eval(self):
+        return self
+
+    def features(self, waves):
+        return self.extractor.extract(waves)
+
+    def describe(self) -> dict:
+        return {"model": "hubert", "frame_rate": self.sample_rate / HOP, "frames": "ceil(samples/320)",
+                **self.extractor.describe()}
+
+
+class MfccTeacher(Teacher):
+    """MFCCs computed in the DataLoader workers (``prepare``); ``encode`` only unpads them."""
+
+    name = "mfcc"
+
+    def __init__(self, device: Union[str, torch.device] = "cpu"):
+        from stok.models.mfcc import DIM
+
+        self.dim = DIM
+        self._device = torch.device(device)
+
+    def to(self, device) -> "MfccTeacher":
+        self._device = torch.device(device)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    def parameters(self):
+        return iter(())
+
+    def eval(self):
+        return self
+
+    def features(self, waves):
+        from stok.models.mfcc import mfcc_features
+
+        return [mfcc_features(w.float().cpu(), self.sample_rate).to(self._device) for w in waves]
+
+    def prepare(self, wave: torch.Tensor) -> torch.Tensor:
+        if wave.numel() < self.min_samples:
+            raise TooShort(f"{wave.numel()} samples < {self.min_samples} needed for one frame")
+        from stok.models.mfcc import mfcc_features
+
+        # on the CPU of a DataLoader worker (never the model's device: CUDA does not survive a fork)
+        feats = align_teacher(mfcc_features(wave, self.sample_rate), codec_frames(wave.numel(), HOP))
+        return feats.T.contiguous()  # [39, frames]: the engine pads the last axis
+
+    @torch.no_grad()
+    def encode(self, padded: torch.Tensor, lengths: torch.Tensor) -> List[np.ndarray]:
+        return [padded[i, :, : int(n)].T.float().cpu().numpy() for i, n in enumerate(lengths.tolist())]
+
+    def describe(self) -> dict:
+        return {"model": "mfcc", "dim": self.dim, "frame_rate": self.sample_rate / HOP, "window": 400, "hop": HOP,
+                "frames": "ceil(samples/320)", "recipe": "kaldi mfcc 13 + deltas + delta-deltas (fairseq, but 50 Hz)"}
+
+
+def build_teacher(args: Any = None, device: Union[str, torch.device, None] = "cpu", **overrides) -> Teacher:
+    """A :class:`Teacher` on ``device`` from parsed options (see :func:`add_teacher_args`), a dict, or a name + kwargs."""
+    opts = _options(args, overrides)
+    device = torch.device(device if device is not None else "cpu")
+    if opts.teacher == "mfcc":
+        return MfccTeacher(device)
+    if opts.teacher != "hubert":
+        raise ValueError(f"unknown teacher {opts.teacher!r}; choose from {TEACHERS}")
+    if not opts.checkpoint:
+        raise SystemExit("error: --teacher hubert needs --checkpoint (a fairseq .pt such as hubert_base_ls960.pt, "
+                         "a Hugging Face dir, a torchaudio state dict, or a bundle name like HUBERT_BASE)")
+    from stok.models.hubert import load_hubert
+    from stok.models.hubert.configs import describe_config
+    from stok.models.hubert.extract import HubertExtractor
+
+    loaded = load_hubert(opts.checkpoint, opts.checkpoint_format, opts.hubert_config)
+    normalize = {"auto": None, "true": True, "false": False}[str(opts.normalize_waveform).lower()] \
+        if isinstance(opts.normalize_waveform, str) else opts.normalize_waveform
+    if opts.max_chunk_seconds < 0:
+        raise ValueError("--max_chunk_seconds must be >= 0")
+    ext = HubertExtractor(loaded, layer=opts.layer, normalize=normalize,
+                          max_chunk=int(round(opts.max_chunk_seconds * 16000)), dtype=opts.dtype,
+                          frontend=opts.frontend)
+    if device.type == "cpu" and ext.dtype == torch.float16:
+        log.warning("--dtype float16 on CPU is slow; use bfloat16 or float32")
+    log.info("HuBERT teacher: %s (%s, %s), layer %s, waveform normalisation %s", loaded.source, loaded.fmt,
+             describe_config(loaded.config), ext.layer, ext.normalize)
+    return HubertTeacher(ext).to(device)
