@@ -1,0 +1,313 @@
+"""``stok-kmeans``: k-means units (stage 2): learn a model on teacher features, dump unit labels.
+
+    stok-kmeans learn --feats_scp dump/mfcc/train/feats.scp --n_clusters 100 --output exp/kmeans/km100.npz
+    stok-kmeans dump --km_model exp/kmeans/km100.npz --feats_scp dump/mfcc/dev/feats.scp --output_dir dump/km100/dev
+    stok-kmeans dump --from_audio --km_model exp/kmeans/km500.npz --teacher hubert --checkpoint hubert_base_ls960.pt \\
+        --layer 9 --data_dir data/train --output_dir dump/km500/train    # no feature dump (torchrun works too)
+
+learn: samples frames from the feature scp in two streaming passes (``--percent``, ``--max_frames``,
+``--sample_by``), seeds with greedy k-means++ on a subsample, runs Lloyd passes (torch, CPU or GPU) and saves
+centroids + metadata as ``.npz`` (``numpy.load(path, allow_pickle=False)``; no pickle anywhere).
+dump: nearest-centroid labels for every utterance -> ``km_labels.scp`` (int32 vectors), ``km_labels.txt``
+(``utt 12 12 7 ...``), ``failed.list`` and the cluster usage (clusters used, entropy, perplexity) printed and in
+``km_labels.summary.json``. Run ``stok-kmeans <command> --help`` for the options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+
+import torch
+
+log = logging.getLogger("stok.kmeans")
+
+MFCC_CLUSTERS, HUBERT_CLUSTERS = 100, 500
+
+
+def _resolve_device(spec: str) -> str:
+    if spec == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if spec.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"error: --device {spec} asked for CUDA, but torch sees no GPU; use --device cpu")
+    return spec
+
+
+def add_feats_args(p: argparse.ArgumentParser) -> None:
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--feats_scp", help="Kaldi float-matrix scp of teacher features (stage 1's feats.scp)")
+    src.add_argument("--feats_dir", help="a directory holding feats.scp")
+
+
+def learn_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="stok-kmeans learn", description="Fit k-means on a sample of teacher frames.")
+    add_feats_args(p)
+    p.add_argument("--output", required=True, help="model file to write (.npz: centroids + metadata, no pickle)")
+    p.add_argument("--n_clusters", type=int, default=0,
+                   help=f"clusters; 0 (default): {MFCC_CLUSTERS} for MFCC features, {HUBERT_CLUSTERS} otherwise. "
+                        "MFCC is recognised by the teacher named in the feature dump's summary "
+                        "(<scp stem>.summary.json next to the scp) or, without one, by dimension 39")
+    p.add_argument("--percent", type=float, default=1.0,
+                   help="fraction of the frames to learn on, in (0, 1] (0.1 = 10%%; fairseq's 'percent')")
+    p.add_argument("--max_frames", type=int, default=0,
+                   help="at most this many frames (0: no limit); with --percent the smaller wins. "
+                        "Memory: frames x dim x 4 bytes (1M HuBERT-base frames = 3.1 GB)")
+    p.add_argument("--sample_by", choices=("frame", "utterance"), default="frame",
+                   help="frame: uniform frames over all utterances (reads every utterance with a sampled frame); "
+                        "utterance: whole random utterances until the frame target (fairseq's way, reads only those)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampling and the k-means++ draws")
+    g = p.add_argument_group("k-means")
+    g.add_argument("--seed_frames", type=int, default=0,
+                   help="frames the greedy k-means++ seeding runs on (0: max(10000, 40 x n_clusters))")
+    g.add_argument("--n_local_trials", type=int, default=0, help="k-means++ candidates per step (0: 2 + ln k)")
+    g.add_argument("--warmup_frames", type=int, default=-1,
+                   help="frames of the warm-up Lloyd passes (-1: max(20000, 100 x n_clusters); 0: no warm-up)")
+    g.add_argument("--warmup_iters", type=int, default=30, help="max warm-up passes")
+    g.add_argument("--max_iter", type=int, default=50, help="max passes over all sampled frames")
+    g.add_argument("--tol", type=float, default=1e-4,
+                   help="stop a phase when a pass lowers the inertia by less than tol x inertia")
+    g.add_argument("--no_prune", action="store_true",
+                   help="recompute every distance in every pass (plain Lloyd; the bounds-based skipping gives "
+                        "the same result faster)")
+    g.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda or cuda:N")
+    g.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    g.add_argument("--seed_threads", type=int, default=1,
+                   help="CPU threads during the seeding (0: same as --threads); its many small steps run "
+                        "faster on one thread on busy machines")
+    p.add_argument("--strict", action="store_true",
+                   help="exit non-zero if any feature entry failed (default: list them in <output>.failed.list)")
+    return p
+
+
+def feature_teacher(scp: str) -> dict:
+    """The teacher description the stage-1 dump engine wrote next to the scp (``<stem>.summary.json``)."""
+    stem = os.path.splitext(os.path.basename(scp))[0]
+    path = os.path.join(os.path.dirname(os.path.abspath(scp)), f"{stem}.summary.json")
+    try:
+        with open(path) as f:
+            model = json.load(f).get("model")
+        return model if isinstance(model, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _is_mfcc(teacher: dict) -> bool:
+    names = [str(teacher.get(k, "")) for k in ("model", "teacher", "name", "type")]
+    return any("mfcc" in n.lower() for n in names)
+
+
+def learn(argv) -> dict:
+    from stok.models.kmeans.fit import fit_kmeans
+    from stok.models.kmeans.model import KMeansModel
+    from stok.models.kmeans.sample import FeatsError, resolve_feats_scp, sample_frames
+
+    args = learn_parser().parse_args(argv)
+    for name in ("max_frames", "seed_frames", "n_local_trials", "threads", "seed_threads", "n_clusters"):
+        if getattr(args, name) < 0:
+            raise SystemExit(f"error: --{name} must be >= 0")
+    device = _resolve_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        scp = resolve_feats_scp(args.feats_scp, args.feats_dir)
+        t0 = time.time()
+        sample = sample_frames(scp, args.percent, args.max_frames, args.seed, args.sample_by)
+    except FeatsError as e:
+        raise SystemExit(f"error: {e}")
+    t_sample = time.time() - t0
+    teacher = feature_teacher(scp)
+    k = args.n_clusters
+    if not k:
+        mfcc = _is_mfcc(teacher) if teacher else sample.dim == 39
+        k = MFCC_CLUSTERS if mfcc else HUBERT_CLUSTERS
+        log.info("--n_clusters %d (%s)", k, f"teacher {teacher.get('model')}" if teacher else f"dimension {sample.dim}")
+    log.info("sampled %d frames of %d (dim %d) from %d of %d utterances in %.1f s", len(sample.frames),
+             sample.total_frames, sample.dim, sample.sampled_utterances, sample.total_utterances, t_sample)
+    failed_path = os.path.splitext(args.output)[0] + ".failed.list"
+    if sample.failures:
+        os.makedirs(os.path.dirname(os.path.abspath(failed_path)), exist_ok=True)
+        with open(failed_path, "w", encoding="utf-8") as f:
+            for key, reason in sample.failures.items():
+                f.write(f"{key}\t{reason}\n")
+        log.warning("%d feature entries failed: see %s", len(sample.failures), failed_path)
+        if args.strict:
+            raise SystemExit(f"error: {len(sample.failures)} feature entries failed (--strict); see {failed_path}")
+    elif os.path.exists(failed_path):
+        os.remove(failed_path)
+    try:
+        res = fit_kmeans(sample.frames, k, seed=args.seed, seed_frames=args.seed_frames or None,
+                         n_local_trials=args.n_local_trials or None,
+                         warmup_frames=None if args.warmup_frames < 0 else args.warmup_frames,
+                         warmup_iters=args.warmup_iters, max_iter=args.max_iter, tol=args.tol, device=device,
+                         prune=not args.no_prune, seed_threads=args.seed_threads)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}")
+    import stok
+
+    meta = {"feats_scp": os.path.abspath(scp), "teacher": teacher or None,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "stok_version": stok.__version__,
+            "sample": {"percent": args.percent, "max_frames": args.max_frames, "sample_by": args.sample_by,
+                       "seed": args.seed, "seconds": t_sample, **sample.info()},
+            "fit": {**res.settings, "inertia": res.inertia, "n_iter_warmup": res.n_iter_warmup, "n_iter": res.n_iter,
+                    "converged": res.converged, "seconds": res.seconds, "history": res.history}}
+    model = KMeansModel(res.centroids, meta)
+    model.save(args.output)
+    summary = {"output": os.path.abspath(args.output), "n_clusters": k, "dim": sample.dim,
+               "frames": int(len(sample.frames)), "inertia": res.inertia, "n_iter_warmup": res.n_iter_warmup,
+               "n_iter": res.n_iter, "converged": res.converged, "clusters_used": int((res.counts > 0).sum()),
+               "seconds": {"sample": t_sample, **res.seconds}, "failed": len(sample.failures),
+               "fingerprint": model.fingerprint()}
+    print(f"k-means: {k} clusters on {len(sample.frames)} frames (dim {sample.dim}): mean inertia {res.inertia:.4f}, "
+          f"{res.n_iter_warmup} warm-up + {res.n_iter} passes{'' if res.converged else ' (max_iter reached)'}, "
+          f"{res.seconds['total']:.1f} s fit + {t_sample:.1f} s sampling -> {args.output}")
+    return summary
+
+
+def dump_feats_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="stok-kmeans dump", description=(
+        "Nearest-centroid labels for every utterance of a feature scp (streaming, resumable). "
+        "With --from_audio, labels straight from audio through the dump engine instead: "
+        "see 'stok-kmeans dump --from_audio --help'."))
+    p.add_argument("--km_model", required=True, help="k-means model from 'stok-kmeans learn'")
+    add_feats_args(p)
+    p.add_argument("--output_dir", required=True,
+                   help="where km_labels.{scp,0.ark,txt,summary.json} and failed.list go")
+    p.add_argument("--from_audio", action="store_true",
+                   help="compute the teacher features on the fly from --data_dir/--wav_scp (see --from_audio --help)")
+    p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda or cuda:N")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--batch_frames", type=int, default=100_000, help="frames assigned per matrix product")
+    p.add_argument("--no_text", action="store_true", help="do not write km_labels.txt")
+    p.add_argument("--overwrite", action="store_true", help="delete earlier output instead of resuming")
+    p.add_argument("--strict", action="store_true", help="exit non-zero if any entry failed")
+    return p
+
+
+def dump_audio_parser() -> argparse.ArgumentParser:
+    from stok.dump.options import add_dump_args
+    from stok.models.teacher import add_teacher_args
+
+    p = argparse.ArgumentParser(prog="stok-kmeans dump --from_audio", description=(
+        "Unit labels straight from audio: teacher features and nearest centroids in one pass through the dump "
+        "engine (torchrun for several processes or GPUs); output as 'stok-kmeans dump'."))
+    p.add_argument("--from_audio", action="store_true", required=True)
+    p.add_argument("--km_model", required=True, help="k-means model from 'stok-kmeans learn'")
+    p.add_argument("--no_text", action="store_true", help="do not write km_labels.txt")
+    add_dump_args(p)
+    add_teacher_args(p)
+    return p
+
+
+def _print_usage(summary: dict, out_dir: str) -> None:
+    from stok.models.kmeans.dump import format_usage
+
+    print(f"k-means labels -> {os.path.join(out_dir, 'km_labels.scp')}: {summary['entries_in_scp']} utterances, "
+          f"{summary['failed']} failed (see {os.path.join(out_dir, 'failed.list')})")
+    print("cluster usage: " + format_usage(summary["usage"]))
+    brief = {k: v for k, v in summary["usage"].items() if k != "counts"}
+    print(json.dumps({"km_labels_usage": brief}))
+
+
+def dump(argv) -> dict:
+    from stok.models.kmeans.model import KMeansModel, KMeansModelError
+
+    if "--from_audio" in argv:
+        return dump_audio(argv)
+    args = dump_feats_parser().parse_args(argv)
+    from stok.models.kmeans.dump import dump_from_feats
+    from stok.models.kmeans.sample import FeatsError, resolve_feats_scp
+
+    if args.batch_frames < 1:
+        raise SystemExit("error: --batch_frames must be >= 1")
+    device = _resolve_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        km = KMeansModel.load(args.km_model)
+        scp = resolve_feats_scp(args.feats_scp, args.feats_dir)
+        summary = dump_from_feats(km, args.km_model, scp, args.output_dir, device, args.batch_frames,
+                                  args.overwrite, not args.no_text)
+    except (KMeansModelError, FeatsError) as e:
+        raise SystemExit(f"error: {e}")
+    _print_usage(summary, args.output_dir)
+    if args.strict and summary["failed"]:
+        raise SystemExit(f"error: {summary['failed']} entries failed (--strict); see {args.output_dir}/failed.list")
+    return summary
+
+
+_TEACHER_KEYS = ("model", "layer", "dim", "num_layers", "architecture", "normalize", "frame_rate")
+
+
+def _teacher_mismatch(fitted: dict, now: dict) -> list:
+    """What differs between the teacher the features were dumped with and the one used now (not the weights'
+    path or storage precision: only what changes the features' meaning)."""
+    if not fitted or not now:
+        return []
+    return [f"{k}: fitted on {fitted[k]!r}, now {now[k]!r}" for k in _TEACHER_KEYS
+            if k in fitted and k in now and fitted[k] != now[k]]
+
+
+def dump_audio(argv) -> dict:
+    from stok.dump.engine import run_dump
+    from stok.models.kmeans.dump import NAME, check_marker, finalize
+    from stok.models.kmeans.labels_model import KMeansLabels
+    from stok.models.kmeans.model import KMeansModel, KMeansModelError
+    from stok.models.teacher import build_teacher
+
+    args = dump_audio_parser().parse_args(argv)
+    try:
+        km = KMeansModel.load(args.km_model)
+    except KMeansModelError as e:
+        raise SystemExit(f"error: {e}")
+    is_main = int(os.environ.get("RANK", 0)) == 0
+    os.makedirs(args.output_dir, exist_ok=True)
+    check_marker(args.output_dir, km, args.km_model, args.overwrite, write=is_main)
+
+    def build(device):
+        teacher = build_teacher(args, device)
+        dim = getattr(teacher, "dim", 0)
+        if dim and dim != km.dim:
+            raise SystemExit(f"error: the {getattr(teacher, 'name', 'teacher')} teacher gives {dim}-dim features, "
+                             f"{args.km_model} was fitted on {km.dim}-dim ones: use the teacher (and layer) it was "
+                             f"fitted on ({(km.meta.get('teacher') or {}).get('model', 'see its metadata')})")
+        model = KMeansLabels(teacher, km, device, args.km_model)
+        if is_main:
+            for line in _teacher_mismatch(km.meta.get("teacher") or {}, model.teacher.describe()):
+                log.warning("teacher differs from the one the k-means model was fitted on: %s", line)
+        return model
+
+    args.text_output = False  # km_labels.txt comes from finalize() (with the usage counts, one read of the labels)
+    summary = run_dump(args, build, name=NAME)
+    if is_main:
+        summary["usage"] = finalize(args.output_dir, km.n_clusters, not args.no_text)
+        summary["mode"] = "audio"
+        summary["fingerprint"] = km.fingerprint()
+        with open(os.path.join(args.output_dir, f"{NAME}.summary.json"), "w") as f:
+            json.dump(summary, f, indent=2)
+        _print_usage(summary, args.output_dir)
+    return summary
+
+
+COMMANDS = {"learn": learn, "dump": dump}
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print(__doc__.strip())
+        if argv and argv[0] not in ("-h", "--help"):
+            raise SystemExit(f"error: unknown command {argv[0]!r}; use 'learn' or 'dump'")
+        if not argv:
+            raise SystemExit(2)
+        return None
+    return COMMANDS[argv[0]](argv[1:])
+
+
+if __name__ == "__main__":
+    main()

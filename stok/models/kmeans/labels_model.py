@@ -1,0 +1,54 @@
+"""Teacher + k-means centroids as one dump-engine model: unit labels straight from audio, no feature dump.
+
+Audio goes through the teacher's own ``prepare``/``collate``/``encode`` (so the frames are exactly those a
+feature dump would store), then every utterance of the batch is assigned in one matrix product on the
+engine's device. Output: one int32 label vector per utterance (``km_labels.scp`` through the engine).
+"""
+
+from __future__ import annotations
+
+from typing import List, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from stok.dump.model_api import DumpModel
+from stok.models.kmeans.assign import Assigner
+from stok.models.kmeans.model import KMeansModel
+
+
+class KMeansLabels(DumpModel):
+    def __init__(self, teacher: DumpModel, km: KMeansModel, device: torch.device | str = "cpu",
+                 km_path: str = ""):
+        self.teacher, self.km, self.km_path = teacher, km, km_path
+        self.sample_rate = teacher.sample_rate
+        self.min_samples = teacher.min_samples
+        self.assigner = Assigner(km.centroids, device)
+
+    def prepare(self, wave: torch.Tensor):
+        return self.teacher.prepare(wave)
+
+    def num_frames(self, num_samples: int) -> int:
+        return self.teacher.num_frames(num_samples)
+
+    def collate(self, items: Sequence) -> Tuple[torch.Tensor, torch.Tensor]:
+        return self.teacher.collate(items)
+
+    def to(self, device: torch.device) -> "KMeansLabels":
+        self.teacher = self.teacher.to(device) or self.teacher
+        self.assigner.to(device)
+        return self
+
+    @torch.inference_mode()
+    def encode(self, padded: torch.Tensor, lengths: torch.Tensor) -> List[np.ndarray]:
+        feats = self.teacher.encode(padded, lengths)
+        for f in feats:
+            if np.ndim(f) != 2 or np.shape(f)[1] != self.km.dim:
+                raise ValueError(f"the teacher gives features of shape {np.shape(f)}, the k-means model "
+                                 f"{self.km_path or ''} has dimension {self.km.dim}: use the teacher (and layer) "
+                                 "the model was fitted on")
+        return self.assigner.assign_many(feats)
+
+    def describe(self) -> dict:
+        return {"model": "kmeans_labels", "teacher": self.teacher.describe(), "n_clusters": self.km.n_clusters,
+                "dim": self.km.dim, "km_model": self.km_path, "km_fingerprint": self.km.fingerprint()}
