@@ -1,0 +1,104 @@
+"""``stok-dump-s3`` / ``python -m stok.bin.dump_s3``: S3Tokenizer tokens for a Kaldi dir or wav.scp.
+
+    python -m stok.bin.dump_s3 --data_dir data/train --model speech_tokenizer_v2_25hz \\
+        --output_dir dump/s3_v2_25hz/train [--device cuda --dtype bf16] [--cosyvoice_export]
+    torchrun --nproc_per_node 4 -m stok.bin.dump_s3 ...      # many GPUs or CPU processes
+
+``--model`` is an official name (resolved in the cache, downloaded with a SHA-256 check when online),
+an official-layout ONNX file (``--version`` required: the file does not record it), or a stok
+checkpoint (its metadata gives the version). Output: ``s3_tokens.scp`` / ``s3_tokens.<rank>.ark``
+(Kaldi int32 vectors, one token per 20 ms (v1_50hz) or 40 ms), ``failed.list`` (utterances under
+201 samples, unreadable audio), ``s3_tokens.summary.json``; with ``--cosyvoice_export`` also
+``utt2speech_token.pt`` (dict utterance id -> list of ints), what CosyVoice's fine-tuning reads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+import torch
+
+from stok.dump.engine import run_dump
+from stok.dump.options import add_dump_args
+from stok.models.s3.config import VERSIONS
+
+NAME = "s3_tokens"
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+log = logging.getLogger("stok.s3")
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("S3Tokenizer")
+    g.add_argument("--model", required=True,
+                   help="official name (speech_tokenizer_v1_50hz, speech_tokenizer_v1_25hz, speech_tokenizer_v2_25hz, "
+                        "speech_tokenizer_v3_25hz), an ONNX file in the official layout, or a stok checkpoint (.pt)")
+    g.add_argument("--version", choices=VERSIONS,
+                   help="model version; required for an official ONNX file, checked against names and checkpoints")
+    g.add_argument("--dtype", choices=sorted(DTYPES), default="fp32",
+                   help="encoder precision; bf16/fp16 need a GPU (the quantizer projection stays fp32)")
+    g.add_argument("--window_batch", type=int, default=0,
+                   help="long audio (> 30 s): 30 s windows encoded at most this many at a time (0: 8 on GPU, 2 on CPU)")
+    g.add_argument("--cosyvoice_export", action="store_true",
+                   help="also write utt2speech_token.pt (utterance id -> list of ints) for CosyVoice fine-tuning")
+    add_dump_args(p)
+    # batch budget: 0 picks by device (see CPU_BATCH_SECONDS); an explicit --batch_seconds or --max_frames wins
+    p.set_defaults(batch_seconds=0.0)
+    return p
+
+
+# On CPU the encoder's matrix products reach their best speed at a few hundred tokens per batch;
+# larger batches only add padding (and memory traffic), so CPU batches hold about 40 s of audio.
+CPU_BATCH_SECONDS = 40.0
+GPU_BATCH_SECONDS = 240.0
+
+
+def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
+    """Device-dependent defaults: the batch budget (unless --batch_seconds/--max_frames) and --window_batch."""
+    if args.window_batch < 0:
+        raise SystemExit("error: --window_batch must be >= 0")
+    on_gpu = args.device.startswith("cuda") or (args.device == "auto" and torch.cuda.is_available())
+    if not args.batch_seconds and not args.max_frames:
+        args.batch_seconds = GPU_BATCH_SECONDS if on_gpu else CPU_BATCH_SECONDS
+    args.window_batch = args.window_batch or (8 if on_gpu else 2)
+    return args
+
+
+def write_cosyvoice_export(output_dir: str) -> str:
+    from stok.dump.storage import load_codes
+
+    tokens = {k: [int(x) for x in v] for k, v in load_codes(os.path.join(output_dir, f"{NAME}.scp"))}
+    path = os.path.join(output_dir, "utt2speech_token.pt")
+    tmp = f"{path}.tmp{os.getpid()}"
+    torch.save(tokens, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def main(argv=None) -> dict:
+    args = resolve_defaults(get_parser().parse_args(argv))
+    dtype, window_batch = DTYPES[args.dtype], args.window_batch
+
+    def build(device: torch.device):
+        from stok.models.s3.dump_model import S3DumpModel
+        from stok.models.s3.hub import load_s3
+
+        if dtype != torch.float32 and device.type != "cuda":
+            raise SystemExit(f"error: --dtype {args.dtype} is for GPUs; on {device} use --dtype fp32")
+        try:
+            model = load_s3(args.model, args.version, device, dtype, window_batch)
+        except (FileNotFoundError, ValueError) as e:
+            raise SystemExit(f"error: {e}") from None
+        return S3DumpModel(model)
+
+    summary = run_dump(args, build, name=NAME)
+    if args.cosyvoice_export and int(os.environ.get("RANK", 0)) == 0:
+        path = write_cosyvoice_export(args.output_dir)
+        logging.getLogger("stok.dump").info("CosyVoice export: %s", path)
+    return summary
+
+
+if __name__ == "__main__":
+    main()

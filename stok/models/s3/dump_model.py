@@ -1,0 +1,51 @@
+"""The S3Tokenizer as a dump-engine model: log-mel per utterance in the workers, batched tokens.
+
+``prepare`` computes each utterance's log-mel in a DataLoader worker (the floor uses that
+utterance's own maximum, so padding never changes features); ``num_frames`` is the mel frame count
+(the engine's bucketing and ``--max_frames`` budget are in mel frames); ``encode`` runs one padded
+batch through the model (long utterances in bounded window batches) and returns int32 token vectors.
+"""
+
+from __future__ import annotations
+
+from typing import List
+
+import numpy as np
+import torch
+
+from stok.dump.model_api import DumpModel
+from stok.models.s3.config import MIN_SAMPLES, SAMPLE_RATE
+from stok.models.s3.frontend import log_mel, mel_frames
+from stok.models.s3.model import S3Tokenizer
+
+
+class S3DumpModel(DumpModel):
+    sample_rate = SAMPLE_RATE
+    min_samples = MIN_SAMPLES
+
+    def __init__(self, model: S3Tokenizer):
+        self.model = model
+
+    def prepare(self, wave: torch.Tensor) -> torch.Tensor:
+        return log_mel(wave)  # raises TooShort under MIN_SAMPLES samples
+
+    def num_frames(self, num_samples: int) -> int:
+        return max(1, mel_frames(num_samples))
+
+    def to(self, device: torch.device) -> "S3DumpModel":
+        self.model.to(device)
+        return self
+
+    @torch.inference_mode()
+    def encode(self, padded: torch.Tensor, lengths: torch.Tensor) -> List[np.ndarray]:
+        codes, code_lens = self.model.quantize(padded, lengths)
+        codes = codes.to(torch.int32).cpu().numpy()
+        return [codes[i, :n] for i, n in enumerate(code_lens.tolist())]
+
+    def describe(self) -> dict:
+        cfg, info = self.model.cfg, self.model.info
+        return {"model": "s3tokenizer", "version": cfg.version, "token_rate": cfg.token_rate,
+                "vocab_size": cfg.vocab_size, "d_model": cfg.d_model, "n_layers": cfg.n_layers,
+                "dtype": str(self.model.dtype).replace("torch.", ""), "source": info.get("source"),
+                "source_sha256": info.get("source_sha256"), "demo": bool(info.get("demo")),
+                "window_frames": cfg.window_frames, "hop_frames": cfg.hop_frames}
