@@ -1,0 +1,92 @@
+"""``stok-train`` / ``python -m stok.bin.train``: train SpeechTokenizer (stage 3), then export it.
+
+    python -m stok.bin.train --config conf/train.yaml --data_dir data/train --teacher_scp dump/mfcc/train/feats.scp \\
+        --dev_dir data/dev --dev_teacher_scp dump/mfcc/dev/feats.scp --exp_dir exp/st [--resume] [--max_steps N]
+    torchrun --nproc_per_node 8 -m stok.bin.train ...            # one process per GPU (NCCL), or CPU processes (gloo)
+    torchrun --nnodes 2 --node_rank R --master_addr HOST ... -m stok.bin.train ...   # several nodes
+
+The teacher is the stage 1 feature scp (``teacher.source: features``), the stage 2 k-means label scp
+(``teacher.source: labels`` with ``loss.distill_type: kmeans``), or computed in the step (``teacher.source: online``,
+no scp). Without ``--dev_dir``, ``data.dev_holdout`` utterances of the training set are held out.
+Outputs in ``--exp_dir``: ``checkpoints/`` (full state, last N + best by dev mel), ``tensorboard/``,
+``train_log.jsonl`` (every step's losses), ``dev_log.jsonl``, ``bad_audio.list``, ``train_config.yaml``, and at the
+end ``export/`` (``config.json`` + ``SpeechTokenizer.pt``, the released layout).
+``--resume`` continues from the newest checkpoint (same losses, step for step, as an uninterrupted run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from stok.train.config import ConfigError, load_config
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="training YAML (see stok.train.config); omitted: the released defaults")
+    p.add_argument("--data_dir", required=True, help="training Kaldi data dir (wav.scp, optional segments/utt2dur)")
+    p.add_argument("--teacher_scp", help="teacher features (stage 1) or k-means labels (stage 2) of --data_dir")
+    p.add_argument("--dev_dir", help="dev Kaldi data dir (default: hold out data.dev_holdout training utterances)")
+    p.add_argument("--dev_teacher_scp", help="teacher scp of --dev_dir")
+    p.add_argument("--exp_dir", required=True, help="experiment dir (checkpoints, logs, export)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --exp_dir/checkpoints")
+    p.add_argument("--max_steps", type=int, default=None, help="total steps (overrides sched.max_steps / epochs)")
+    p.add_argument("--stop_after", type=int, default=None,
+                   help="stop after this many steps of this run, saving a checkpoint (time-sliced jobs; no export)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (under torchrun: the local GPU)")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads per process (0: cores / local processes)")
+    p.add_argument("--num_workers", type=int, default=None, help="audio-reading workers (overrides data.num_workers)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one config value, e.g. --set optim.lr=2e-4 (repeatable)")
+    p.add_argument("--no_export", action="store_true", help="do not export at the end")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv=None) -> dict:
+    args = get_parser().parse_args(argv)
+    overrides = list(args.set)
+    if args.num_workers is not None:
+        overrides.append(f"data.num_workers={args.num_workers}")
+    try:
+        cfg = load_config(args.config, overrides)
+    except (ConfigError, OSError) as e:
+        raise SystemExit(f"error: {e}")
+
+    from stok.dump import distributed
+    from stok.train.trainer import DistInfo, Paths, Trainer
+
+    info = distributed.setup(args.device, args.threads)
+    logging.basicConfig(level=logging.INFO if info.is_main else logging.WARNING,
+                        format=f"%(asctime)s [rank {info.rank}] %(levelname)s %(message)s", stream=sys.stderr)
+    paths = Paths(args.exp_dir, args.data_dir, args.dev_dir, args.teacher_scp, args.dev_teacher_scp)
+    trainer = Trainer(cfg, paths, DistInfo(info.rank, info.world, info.local_rank, info.device),
+                      max_steps=args.max_steps, resume=args.resume, show_progress=not args.quiet)
+    try:
+        result = trainer.train(stop_after=args.stop_after)
+        finished = trainer.step >= trainer.total_steps
+        if info.is_main:
+            hist = trainer.dev_history
+            if hist:
+                first, last = hist[0], hist[-1]
+                print(f"dev mel error: first {first['dev/mel_error']:.4f} (step {first['step']}), "
+                      f"last {last['dev/mel_error']:.4f} (step {last['step']}), best {trainer.best_dev_mel:.4f}",
+                      flush=True)
+            if trainer.nan_skips:
+                print(f"skipped steps (non-finite loss or gradients): {trainer.nan_skips}", flush=True)
+            if finished and not args.no_export:
+                out = trainer.export(os.path.join(args.exp_dir, "export"))
+                print(f"exported {out}/config.json and {out}/SpeechTokenizer.pt", flush=True)
+                result["export"] = out
+        distributed.barrier(info)
+        return result
+    finally:
+        trainer.close()
+        distributed.cleanup(info)
+
+
+if __name__ == "__main__":
+    main()
