@@ -89,13 +89,15 @@ if [ $stage -le 3 ] && [ $stop_stage -ge 3 ]; then
 fi
 
 if [ $stage -le 4 ] && [ $stop_stage -ge 4 ]; then
-  log "Stage 4: SpeechTokenizer codes -> dump/st_codes/<split>; decode $dev_set -> exp/st/decode/$dev_set"
+  log "Stage 4: SpeechTokenizer codes -> dump/st_codes/<split>; decode and evaluate $dev_set -> exp/st/{decode,eval}/$dev_set"
   for s in $splits; do
     $launch stok.bin.dump_codes --model_dir exp/st/export --n_q $st_n_q $dump_opts \
       --data_dir data/$s --output_dir dump/st_codes/$s
   done
   python -m stok.bin.decode --model_dir exp/st/export --codes_scp dump/st_codes/$dev_set/st_codes.scp \
     --output_dir exp/st/decode/$dev_set
+  python -m stok.bin.eval --model_dir exp/st/export --data_dir data/$dev_set --output_dir exp/st/eval/$dev_set \
+    --device $device --num_workers $num_workers --sweep
 fi
 
 if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then

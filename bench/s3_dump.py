@@ -14,12 +14,17 @@ for timing). Three ways to dump it, all in this process with the same torch thre
 
 Printed: wall time, throughput (audio seconds per wall second), the ratios c/a and c/b, and the
 tokens of (b) and (c) that differ from (a) (must be 0).
+
+On a GPU: ``--device cuda --dtype bf16`` runs (a), (b), (c) there, and ``--nproc N`` adds
+(d): ``torchrun --nproc_per_node N -m stok.bin.dump_s3`` (N processes sharing the GPUs round-robin,
+the model saved as a stok checkpoint), timed end to end including process start-up and model loading.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -34,6 +39,7 @@ from stok.bin.dump_s3 import NAME, get_parser, resolve_defaults  # noqa: E402
 from stok.data.audio import load_audio  # noqa: E402
 from stok.dump.engine import run_dump  # noqa: E402
 from stok.dump.storage import load_codes  # noqa: E402
+from stok.models.s3.checkpoint import save_checkpoint  # noqa: E402
 from stok.models.s3.config import full_config  # noqa: E402
 from stok.models.s3.dump_model import S3DumpModel  # noqa: E402
 from stok.models.s3.frontend import log_mel  # noqa: E402
@@ -74,9 +80,9 @@ def make_corpus(root: str, n: int, lo: float, hi: float, seed: int):
 def one_at_a_time(model, keys, paths):
     out = {}
     for k, p in zip(keys, paths):
-        mel = log_mel(load_audio(p, 16000))
+        mel = log_mel(load_audio(p, 16000)).to(model.device)
         codes, n = model.quantize(mel[None], torch.tensor([mel.shape[1]]))
-        out[k] = codes[0, : int(n)].numpy()
+        out[k] = codes[0, : int(n)].cpu().numpy()
     return out
 
 
@@ -89,18 +95,28 @@ def fixed_batches(model, keys, paths, size=32):
         batch = torch.zeros(len(mels), 128, int(lens.max()))
         for i, m in enumerate(mels):
             batch[i, :, : m.shape[1]] = m
-        codes, n = model.quantize(batch, lens)
+        codes, n = model.quantize(batch.to(model.device), lens)
         for i, k in enumerate(keys[j: j + size]):
-            out[k] = codes[i, : int(n[i])].numpy()
+            out[k] = codes[i, : int(n[i])].cpu().numpy()
     return out
 
 
 def engine(model, data_dir, out_dir, workers, extra):
     args = resolve_defaults(get_parser().parse_args(
         ["--model", "unused", "--data_dir", data_dir, "--output_dir", out_dir, "--num_workers", str(workers),
-         "--device", "cpu", "--overwrite", *extra]))
+         "--device", str(model.device), "--overwrite", *extra]))
     model.window_batch = args.window_batch
     run_dump(args, lambda device: S3DumpModel(model), name=NAME)
+    return {k: v for k, v in load_codes(os.path.join(out_dir, f"{NAME}.scp"))}
+
+
+def torchrun(ckpt, version, nproc, data_dir, out_dir, workers, device, dtype, extra):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+           "-m", "stok.bin.dump_s3", "--model", ckpt, "--version", version, "--data_dir", data_dir,
+           "--output_dir", out_dir, "--num_workers", str(workers), "--device", device, "--dtype", dtype,
+           "--overwrite", *extra]
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                   cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     return {k: v for k, v in load_codes(os.path.join(out_dir, f"{NAME}.scp"))}
 
 
@@ -121,6 +137,9 @@ def main(argv=None):
     p.add_argument("--workers", type=int, default=2, help="engine DataLoader workers for (c)")
     p.add_argument("--engine_opts", default="", help="extra dump options for (c), e.g. '--batch_seconds 120'")
     p.add_argument("--workdir", default="", help="where the corpus and dumps go (default: a temp dir)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"), help="encoder precision (GPU)")
+    p.add_argument("--nproc", type=int, default=0, help="also (d): torchrun with this many processes")
     p.add_argument("--repeats", type=int, default=1,
                    help="run (a), (b), (c) this many times, interleaved, and keep each mode's fastest run "
                         "(on a shared machine the load of other tenants varies from minute to minute)")
@@ -135,13 +154,22 @@ def main(argv=None):
           f"torch threads {threads}, {os.cpu_count()} cores", flush=True)
     for version in args.versions.split(","):
         model = build_model(full_config(version), seed=0)
+        ckpt = os.path.join(work, f"s3_{version}.pt")
+        if args.nproc:
+            save_checkpoint(model, ckpt)
+        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+        model.to(args.device).set_dtype(dtype)
         with torch.inference_mode():  # warm-up: first-call allocations are not part of any mode's time
-            model.quantize(torch.randn(2, 128, 300), torch.tensor([300, 200]))
+            model.quantize(torch.randn(2, 128, 300, device=model.device), torch.tensor([300, 200]))
         times, toks = {}, {}
         modes = (("a", lambda: one_at_a_time(model, keys, paths)),
                  ("b", lambda: fixed_batches(model, keys, paths)),
                  ("c", lambda: engine(model, os.path.join(work, "data"), os.path.join(work, f"dump_{version}"),
-                                      args.workers, args.engine_opts.split())))
+                                      args.workers, args.engine_opts.split() + ["--dtype", args.dtype])))
+        if args.nproc:
+            modes += (("d", lambda: torchrun(ckpt, version, args.nproc, os.path.join(work, "data"),
+                                             os.path.join(work, f"dump_{version}_d"), args.workers, args.device,
+                                             args.dtype, args.engine_opts.split())),)
         for r in range(max(1, args.repeats)):
             for mode, fn in modes:
                 torch.set_num_threads(threads)
@@ -152,7 +180,11 @@ def main(argv=None):
                 print(f"  {version} ({mode}) run {r + 1}: {dt:8.1f} s  {audio / dt:6.2f} audio s/s", flush=True)
         db, total = mismatch(toks["a"], toks["b"])
         dc, _ = mismatch(toks["a"], toks["c"])
-        print(f"{version}: (a) one at a time {audio / times['a']:.2f} | (b) batches of 32 {audio / times['b']:.2f} | "
+        if args.nproc:
+            dd, _ = mismatch(toks["a"], toks["d"])
+            print(f"{version}: (d) torchrun x{args.nproc} {audio / times['d']:.2f} audio s/s, d/a = "
+                  f"{times['a'] / times['d']:.2f}, tokens differing from (a): {dd} of {total}", flush=True)
+        print(f"{version} [{args.device} {args.dtype}]: (a) one at a time {audio / times['a']:.2f} | (b) batches of 32 {audio / times['b']:.2f} | "
               f"(c) stok engine {audio / times['c']:.2f} audio s/s;  c/a = {times['a'] / times['c']:.2f}, "
               f"c/b = {times['b'] / times['c']:.2f};  tokens differing from (a): (b) {db}, (c) {dc} of {total}",
               flush=True)

@@ -1,6 +1,7 @@
 """Process-group set-up for dumps launched by ``torchrun`` (or run as one plain process).
 
-NCCL on GPUs, gloo on CPU. The dump only needs barriers (each rank writes its own shard), so the
+NCCL on GPUs (gloo when a node runs more processes than it has GPUs: they share the GPUs
+round-robin), gloo on CPU. The dump only needs barriers (each rank writes its own shard), so the
 process-group timeout is long: ranks may finish hours apart on unbalanced data
 (``STOK_DIST_TIMEOUT_HOURS``, default 24).
 """
@@ -31,8 +32,8 @@ class DistInfo:
 def resolve_device(spec: str, local_rank: int) -> torch.device:
     if spec == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    if spec == "cuda":
-        spec = f"cuda:{local_rank}"
+    if spec == "cuda":  # several processes per GPU share it round-robin (data loading can be the bottleneck)
+        spec = f"cuda:{local_rank % max(1, torch.cuda.device_count())}"
     device = torch.device(spec)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit(f"error: --device {spec} asked for CUDA, but torch sees no GPU; use --device cpu")
@@ -51,14 +52,15 @@ def setup(device_spec: str = "auto", threads: int = 0) -> DistInfo:
         torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // max(1, local_world)))
     if world > 1 and not dist.is_initialized():
         hours = float(os.environ.get("STOK_DIST_TIMEOUT_HOURS", 24))
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                                timeout=datetime.timedelta(hours=hours))
+        # NCCL takes one process per GPU; with more processes than GPUs the (barrier-only) group uses gloo
+        nccl = device.type == "cuda" and local_world <= torch.cuda.device_count()
+        dist.init_process_group("nccl" if nccl else "gloo", timeout=datetime.timedelta(hours=hours))
     return DistInfo(rank, world, local_rank, local_world, device)
 
 
 def barrier(info: DistInfo) -> None:
     if info.world > 1:
-        if info.device.type == "cuda":
+        if dist.get_backend() == "nccl":
             dist.barrier(device_ids=[info.device.index])
         else:
             dist.barrier()

@@ -1,0 +1,63 @@
+"""``stok-dump-codes`` / ``python -m stok.bin.dump_codes``: SpeechTokenizer RVQ codes for a Kaldi dir or wav.scp.
+
+    python -m stok.bin.dump_codes --model_dir exp/st/export --data_dir data/train --output_dir dump/st_codes/train
+    torchrun --nproc_per_node 4 -m stok.bin.dump_codes ... --device cuda --dtype bf16   # many GPUs or CPU processes
+
+Output (through the dump engine, resumable): ``st_codes.scp`` / ``st_codes.<rank>.ark`` with one ``[T, n_q]``
+record per utterance (T = ceil(samples / 320) frames at 50 Hz, column i = RVQ layer i + 1; stored as exact
+two-byte integer matrices), ``failed.list``, ``st_codes.summary.json``. Read the codes back exactly with
+``stok.dump.storage.load_codes`` (int64 ``[T, n_q]``); ``--text_output`` also writes ``st_codes.txt``.
+Batched encoding gives the codes of one-at-a-time encoding: each item is padded and masked at its own end.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from stok.dump.engine import run_dump
+from stok.dump.options import add_dump_args
+from stok.models.speechtokenizer.model_args import DTYPES, add_model_args, check_dtype, check_model_args, load_model
+
+NAME = "st_codes"
+# The encoder's LSTMs dominate on CPU and gain little from large batches; GPUs take far more.
+CPU_BATCH_SECONDS = 60.0
+GPU_BATCH_SECONDS = 600.0
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_args(p)
+    g = p.add_argument_group("codes")
+    g.add_argument("--n_q", type=int, default=0, help="codebooks to keep, RVQ-1 first (0: all the model has)")
+    g.add_argument("--dtype", choices=sorted(DTYPES), default="fp32",
+                   help="encoder precision; bf16/fp16 need a GPU and may change a few codes against fp32")
+    add_dump_args(p)
+    p.set_defaults(batch_seconds=0.0)  # 0: chosen by device below; an explicit --batch_seconds/--max_frames wins
+    return p
+
+
+def main(argv=None) -> dict:
+    args = get_parser().parse_args(argv)
+    check_model_args(args)
+    if args.n_q < 0:
+        raise SystemExit("error: --n_q must be >= 0")
+    if not args.batch_seconds and not args.max_frames:
+        on_gpu = args.device.startswith("cuda") or (args.device == "auto" and torch.cuda.is_available())
+        args.batch_seconds = GPU_BATCH_SECONDS if on_gpu else CPU_BATCH_SECONDS
+
+    def build(device: torch.device):
+        from stok.models.speechtokenizer.dump_model import STDumpModel
+
+        dtype = check_dtype(args.dtype, device)
+        model = load_model(args, device)
+        if args.n_q > model.cfg.n_q:
+            raise SystemExit(f"error: --n_q {args.n_q} but the model has {model.cfg.n_q} codebooks")
+        return STDumpModel(model, args.n_q, dtype)
+
+    return run_dump(args, build, name=NAME)
+
+
+if __name__ == "__main__":
+    main()

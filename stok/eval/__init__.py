@@ -1,0 +1,1 @@
+"""Reconstruction metrics and report plots for codecs (``stok-eval``)."""

@@ -1,0 +1,49 @@
+"""The SpeechTokenizer as a dump-engine model: waveforms in, RVQ codes ``[T, n_q]`` out.
+
+The engine reads and resamples audio in its workers; ``encode`` runs one padded, length-sorted batch
+through the encoder with each item's true length (so the codes equal one-at-a-time encoding) and
+returns, per utterance, its ``ceil(samples / hop)`` frames of the first ``n_q`` codebooks as int32
+``[T, n_q]`` (stored as exact two-byte integer matrices; read back with ``stok.dump.storage.load_codes``).
+"""
+
+from __future__ import annotations
+
+from typing import List
+
+import numpy as np
+import torch
+
+from stok.dump.model_api import DumpModel
+from stok.models.speechtokenizer.model import SpeechTokenizer
+
+
+class STDumpModel(DumpModel):
+    def __init__(self, model: SpeechTokenizer, n_q: int = 0, dtype: torch.dtype = torch.float32):
+        cfg = model.cfg
+        if not 0 <= n_q <= cfg.n_q:
+            raise ValueError(f"n_q must be between 1 and the model's {cfg.n_q} codebooks (0: all), got {n_q}")
+        self.model = model.eval()
+        self.n_q = n_q or cfg.n_q
+        self.dtype = dtype
+        self.sample_rate = cfg.sample_rate
+
+    def to(self, device: torch.device) -> "STDumpModel":
+        self.model.to(device)
+        return self
+
+    @torch.inference_mode()
+    def encode(self, padded: torch.Tensor, lengths: torch.Tensor) -> List[np.ndarray]:
+        wav = padded[:, None, :]
+        if self.dtype != torch.float32:
+            with torch.autocast(padded.device.type, dtype=self.dtype):
+                codes = self.model.encode(wav, lengths, n_q=self.n_q)
+        else:
+            codes = self.model.encode(wav, lengths, n_q=self.n_q)
+        codes = codes.to(torch.int32).permute(1, 2, 0).cpu().numpy()  # [B, T, n_q]
+        return [codes[i, :n] for i, n in enumerate(self.model.frames(lengths).tolist())]
+
+    def describe(self) -> dict:
+        cfg = self.model.cfg
+        return {"model": "speechtokenizer", "n_q": self.n_q, "codebook_size": cfg.codebook_size,
+                "frame_rate": cfg.sample_rate / cfg.hop, "sample_rate": cfg.sample_rate,
+                "dtype": str(self.dtype).replace("torch.", ""), "layout": "[T, n_q] frames x codebooks"}
