@@ -2,7 +2,7 @@
 # stok: the staged pipeline, wav.scp in, codes.ark out.
 #   bash run.sh [--recipe recipes/demo] [--stage 0] [--stop_stage 5] [--nj N] [--ngpu N] [--name value ...]
 # Stages: 0 data prep, 1 teacher features, 2 k-means units, 3 train SpeechTokenizer,
-#         4 dump SpeechTokenizer codes (+ decode the dev set), 5 dump S3Tokenizer tokens.
+#         4 dump SpeechTokenizer codes (+ decode and evaluate the dev set), 5 dump S3Tokenizer tokens.
 # Outputs go under the recipe dir: data/ (Kaldi dirs, manifests), dump/ (features, labels, tokens), exp/ (models, logs).
 set -euo pipefail
 

@@ -13,11 +13,17 @@ for timing). Three ways to dump it, all in this process with the same torch thre
       padded-frame budget, log-mel in DataLoader workers, resumable ark/scp output.
 
 Printed: wall time, throughput (audio seconds per wall second), the ratios c/a and c/b, and the
-tokens of (b) and (c) that differ from (a) (must be 0).
+tokens of every mode that differ from (a) (must be 0).
 
-On a GPU: ``--device cuda --dtype bf16`` runs (a), (b), (c) there, and ``--nproc N`` adds
+``--modes a,b,c,o`` adds (o), CosyVoice's own extractor (``tools/extract_speech_token.py``) as it runs:
+the model exported to an ONNX file in the official layout, run by onnxruntime one utterance at a time with
+its session options (all graph optimisations, one intra-op thread per session) from a thread pool with
+one thread per core; compared with (c) as c/o.
+
+On a GPU: ``--device cuda --dtype bf16`` runs (a), (b), (c) there, and ``--nproc N`` with mode d adds
 (d): ``torchrun --nproc_per_node N -m stok.bin.dump_s3`` (N processes sharing the GPUs round-robin,
-the model saved as a stok checkpoint), timed end to end including process start-up and model loading.
+the model saved as a stok checkpoint; ``--modes a,b,c,d``), timed end to end including process start-up
+and model loading.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import argparse
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 import tempfile
 import time
 
@@ -44,6 +51,7 @@ from stok.models.s3.config import full_config  # noqa: E402
 from stok.models.s3.dump_model import S3DumpModel  # noqa: E402
 from stok.models.s3.frontend import log_mel  # noqa: E402
 from stok.models.s3.model import build_model  # noqa: E402
+from stok.models.s3.onnx_export_official import export_official  # noqa: E402
 
 
 def speechlike(seconds: float, seed: int, rate: int = 16000) -> np.ndarray:
@@ -110,6 +118,23 @@ def engine(model, data_dir, out_dir, workers, extra):
     return {k: v for k, v in load_codes(os.path.join(out_dir, f"{NAME}.scp"))}
 
 
+def cosyvoice_ort(onnx_path, keys, paths, threads):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = 1
+    sess = ort.InferenceSession(onnx_path, sess_options=opts, providers=["CPUExecutionProvider"])
+    names = [i.name for i in sess.get_inputs()]
+
+    def one(path):
+        mel = log_mel(load_audio(path, 16000))[None].numpy()
+        return sess.run(None, {names[0]: mel, names[1]: np.array([mel.shape[2]], dtype=np.int32)})[0].reshape(-1)
+
+    with ThreadPoolExecutor(threads) as pool:
+        return dict(zip(keys, pool.map(one, paths)))
+
+
 def torchrun(ckpt, version, nproc, data_dir, out_dir, workers, device, dtype, extra):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
            "-m", "stok.bin.dump_s3", "--model", ckpt, "--version", version, "--data_dir", data_dir,
@@ -118,6 +143,11 @@ def torchrun(ckpt, version, nproc, data_dir, out_dir, workers, device, dtype, ex
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                    cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     return {k: v for k, v in load_codes(os.path.join(out_dir, f"{NAME}.scp"))}
+
+
+LABELS = {"a": "one at a time, file order", "b": "batches of 32, file order (the peer's style)",
+          "c": "stok engine (bucketing, workers)", "o": "CosyVoice extractor (onnxruntime, 1 thread/session)",
+          "d": "stok engine under torchrun"}
 
 
 def mismatch(ref, got):
@@ -140,10 +170,16 @@ def main(argv=None):
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"), help="encoder precision (GPU)")
     p.add_argument("--nproc", type=int, default=0, help="also (d): torchrun with this many processes")
+    p.add_argument("--modes", default="a,b,c",
+                   help="what to run, in order: a, b, c as above, o (CosyVoice's onnxruntime extractor), "
+                        "d (torchrun, with --nproc)")
     p.add_argument("--repeats", type=int, default=1,
                    help="run (a), (b), (c) this many times, interleaved, and keep each mode's fastest run "
                         "(on a shared machine the load of other tenants varies from minute to minute)")
     args = p.parse_args(argv)
+    modes = args.modes.split(",")
+    if set(modes) - set(LABELS) or ("d" in modes and not args.nproc):
+        p.error(f"--modes takes {','.join(LABELS)}; d needs --nproc")
     n = args.n or (24 if args.quick else 100)
     hi = args.max_seconds or (8.0 if args.quick else 30.0)
     threads = args.threads or os.cpu_count() or 1
@@ -155,40 +191,40 @@ def main(argv=None):
     for version in args.versions.split(","):
         model = build_model(full_config(version), seed=0)
         ckpt = os.path.join(work, f"s3_{version}.pt")
-        if args.nproc:
+        if "d" in modes:
             save_checkpoint(model, ckpt)
+        onnx_path = os.path.join(work, f"s3_{version}.onnx")
+        if "o" in modes:
+            export_official(model, onnx_path)
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
         model.to(args.device).set_dtype(dtype)
         with torch.inference_mode():  # warm-up: first-call allocations are not part of any mode's time
             model.quantize(torch.randn(2, 128, 300, device=model.device), torch.tensor([300, 200]))
+        runners = {
+            "a": lambda: one_at_a_time(model, keys, paths),
+            "b": lambda: fixed_batches(model, keys, paths),
+            "c": lambda: engine(model, os.path.join(work, "data"), os.path.join(work, f"dump_{version}"),
+                                args.workers, args.engine_opts.split() + ["--dtype", args.dtype]),
+            "o": lambda: cosyvoice_ort(onnx_path, keys, paths, threads),
+            "d": lambda: torchrun(ckpt, version, args.nproc, os.path.join(work, "data"),
+                                  os.path.join(work, f"dump_{version}_d"), args.workers, args.device,
+                                  args.dtype, args.engine_opts.split()),
+        }
         times, toks = {}, {}
-        modes = (("a", lambda: one_at_a_time(model, keys, paths)),
-                 ("b", lambda: fixed_batches(model, keys, paths)),
-                 ("c", lambda: engine(model, os.path.join(work, "data"), os.path.join(work, f"dump_{version}"),
-                                      args.workers, args.engine_opts.split() + ["--dtype", args.dtype])))
-        if args.nproc:
-            modes += (("d", lambda: torchrun(ckpt, version, args.nproc, os.path.join(work, "data"),
-                                             os.path.join(work, f"dump_{version}_d"), args.workers, args.device,
-                                             args.dtype, args.engine_opts.split())),)
         for r in range(max(1, args.repeats)):
-            for mode, fn in modes:
+            for mode in modes:
                 torch.set_num_threads(threads)
                 t = time.perf_counter()
-                toks[mode] = fn()
+                toks[mode] = runners[mode]()
                 dt = time.perf_counter() - t
                 times[mode] = min(dt, times.get(mode, dt))
                 print(f"  {version} ({mode}) run {r + 1}: {dt:8.1f} s  {audio / dt:6.2f} audio s/s", flush=True)
-        db, total = mismatch(toks["a"], toks["b"])
-        dc, _ = mismatch(toks["a"], toks["c"])
-        if args.nproc:
-            dd, _ = mismatch(toks["a"], toks["d"])
-            print(f"{version}: (d) torchrun x{args.nproc} {audio / times['d']:.2f} audio s/s, d/a = "
-                  f"{times['a'] / times['d']:.2f}, tokens differing from (a): {dd} of {total}", flush=True)
-        print(f"{version} [{args.device} {args.dtype}]: (a) one at a time {audio / times['a']:.2f} | (b) batches of 32 {audio / times['b']:.2f} | "
-              f"(c) stok engine {audio / times['c']:.2f} audio s/s;  c/a = {times['a'] / times['c']:.2f}, "
-              f"c/b = {times['b'] / times['c']:.2f};  tokens differing from (a): (b) {db}, (c) {dc} of {total}",
-              flush=True)
-
+        ref = "a" if "a" in toks else modes[0]
+        print(f"{version} [{args.device} {args.dtype}], audio seconds per wall second (tokens differing from ({ref})):")
+        for mode in modes:
+            diff, total = mismatch(toks[ref], toks[mode])
+            ratio = f"  c/{mode} = {times[mode] / times['c']:.2f}" if "c" in times and mode != "c" else ""
+            print(f"  ({mode}) {LABELS[mode]:<52} {audio / times[mode]:8.2f}  ({diff} of {total}){ratio}", flush=True)
 
 if __name__ == "__main__":
     main()

@@ -4,7 +4,8 @@
 # Every shell variable declared before this file is sourced can be set with `--name value`
 # (`--some-name` and `--some_name` are the same). `--help` prints every option declared between
 # `# begin options` and `# end options` in the calling script and in the files named in
-# `${option_files}` (the recipe's conf/corpus.sh), with its current value and its comment.
+# `${option_files}` (the recipe's conf/corpus.sh), with its current value and its comment
+# (`${options_script}` names the calling script when it changed directory since it started).
 # An unknown option or a missing value is an error that names it.
 
 _stok_print_options() {
@@ -26,7 +27,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --help|-h)
       [ -n "${help_message:-}" ] && printf '%s\n\n' "$help_message"
-      _stok_print_options "$0" ${option_files:-}
+      _stok_print_options "${options_script:-$0}" ${option_files:-}
       exit 0 ;;
     --*=*)
       _name=${1%%=*}; _value=${1#*=}; shift; set -- "$_name" "$_value" "$@"; continue ;;

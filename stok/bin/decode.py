@@ -27,6 +27,7 @@ from tqdm import tqdm
 from stok.dump.bucketing import make_batches
 from stok.dump.distributed import resolve_device
 from stok.dump.storage import load_codes
+from stok.fileio import atomic_open
 from stok.models.speechtokenizer.model_args import add_model_args, check_model_args, load_model
 
 log = logging.getLogger("stok.decode")
@@ -47,9 +48,8 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def _write_wav(path: str, wav: np.ndarray, sample_rate: int) -> None:
-    tmp = f"{path}.tmp{os.getpid()}.wav"
-    sf.write(tmp, np.clip(wav, -1.0, 1.0), sample_rate, subtype="PCM_16")
-    os.replace(tmp, path)
+    with atomic_open(path) as f:
+        sf.write(f, np.clip(wav, -1.0, 1.0), sample_rate, format="WAV", subtype="PCM_16")
 
 
 def main(argv=None) -> dict:

@@ -22,6 +22,7 @@ import torch
 
 from stok.dump.engine import run_dump
 from stok.dump.options import add_dump_args
+from stok.fileio import atomic_torch_save
 from stok.models.s3.config import VERSIONS
 
 NAME = "s3_tokens"
@@ -71,9 +72,7 @@ def write_cosyvoice_export(output_dir: str) -> str:
 
     tokens = {k: [int(x) for x in v] for k, v in load_codes(os.path.join(output_dir, f"{NAME}.scp"))}
     path = os.path.join(output_dir, "utt2speech_token.pt")
-    tmp = f"{path}.tmp{os.getpid()}"
-    torch.save(tokens, tmp)
-    os.replace(tmp, path)
+    atomic_torch_save(tokens, path)
     return path
 
 

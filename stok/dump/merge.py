@@ -16,6 +16,7 @@ import kaldiio
 
 from stok.data.kaldi_dir import sort_keys
 from stok.dump.storage import read_scp_entries, to_codes
+from stok.fileio import atomic_open
 
 
 def shard_scps(out_dir: str, name: str) -> List[str]:
@@ -46,28 +47,25 @@ def read_failed(path: str) -> Dict[str, str]:
 
 
 def write_failed(path: str, failures: Dict[str, str]) -> None:
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
+    with atomic_open(path, "w") as f:
         for key in sort_keys(failures):
             f.write(f"{key}\t{failures[key]}\n")
-    os.replace(path + ".tmp", path)
 
 
 def write_text(scp_path: str, txt_path: str) -> None:
     """``utt tok tok ...`` lines (Kaldi text form, no brackets); [T, n_q] codes flattened frame by frame."""
-    with open(txt_path + ".tmp", "w", encoding="utf-8") as f:
+    with atomic_open(txt_path, "w") as f:
         for key, array in kaldiio.load_scp_sequential(scp_path):
             codes = to_codes(array, f"{scp_path}:{key}")
             f.write(key + " " + " ".join(map(str, codes.reshape(-1).tolist())) + "\n")
-    os.replace(txt_path + ".tmp", txt_path)
 
 
 def merge(out_dir: str, name: str, world: int, text_output: bool, meta: dict) -> dict:
     entries = read_scp_entries(shard_scps(out_dir, name))
     scp_path = os.path.join(out_dir, f"{name}.scp")
-    with open(scp_path + ".tmp", "w", encoding="utf-8") as f:
+    with atomic_open(scp_path, "w") as f:
         for key in sort_keys(entries):
             f.write(f"{key} {entries[key]}\n")
-    os.replace(scp_path + ".tmp", scp_path)
 
     failures: Dict[str, str] = {}
     for path in glob.glob(os.path.join(out_dir, "failed.*.list")):
@@ -105,7 +103,7 @@ def merge(out_dir: str, name: str, world: int, text_output: bool, meta: dict) ->
         "world_size": world,
         "ranks": ranks,
     }
-    with open(os.path.join(out_dir, f"{name}.summary.json"), "w") as f:
+    with atomic_open(os.path.join(out_dir, f"{name}.summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
     if text_output:
         write_text(scp_path, os.path.join(out_dir, f"{name}.txt"))

@@ -34,7 +34,7 @@ from torch.utils.data import Dataset
 
 from stok.data.audio import AudioError, load_audio
 from stok.data.kaldi_dir import Utterance, read_kaldi_dir
-from stok.models.frames import align_teacher, codec_frames, crop_teacher
+from stok.models.frames import codec_frames, crop_teacher
 
 log = logging.getLogger("stok.train")
 
@@ -188,12 +188,7 @@ class CropDataset(Dataset):
                 self._mark_bad(utt, e)
                 continue
             wav, target = self._pad(wav, target)
-            item = {"wav": torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32)), "length": length,
-                    "utt_id": utt.utt_id}
-            if target is not None:
-                item["teacher"] = torch.from_numpy(np.ascontiguousarray(target)).float() if target.dtype.kind == "f" \
-                    else torch.from_numpy(np.ascontiguousarray(target).astype(np.int64))
-            return item
+            return _item(utt, wav, length, target)
         raise DataError("no readable utterance left in the training list (see bad_audio.list)")
 
 
@@ -214,12 +209,18 @@ class DevDataset(CropDataset):
         except AudioError as e:
             self._mark_bad(utt, e)
             return None
-        item = {"wav": torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32)), "length": length,
-                "utt_id": utt.utt_id}
-        if target is not None:
-            item["teacher"] = torch.from_numpy(np.ascontiguousarray(target)).float() if target.dtype.kind == "f" \
-                else torch.from_numpy(np.ascontiguousarray(target).astype(np.int64))
-        return item
+        return _item(utt, wav, length, target)
+
+
+def _item(utt: Utterance, wav: np.ndarray, length: int, target: Optional[np.ndarray]) -> Dict:
+    """A dataset item: float32 audio, its true length, and the teacher (float features or int64 labels)."""
+    item = {"wav": torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32)), "length": length,
+            "utt_id": utt.utt_id}
+    if target is not None:
+        target = np.ascontiguousarray(target)
+        item["teacher"] = torch.from_numpy(target).float() if target.dtype.kind == "f" \
+            else torch.from_numpy(target.astype(np.int64))
+    return item
 
 
 @dataclass

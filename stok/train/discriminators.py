@@ -34,6 +34,17 @@ def _scaled(c: int, width: float, multiple: int) -> int:
     return max(multiple, int(round(c * width / multiple)) * multiple)
 
 
+def _run_stack(convs: nn.ModuleList, post: nn.Module, x: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+    """Leaky-ReLU conv stack then the output conv: (flattened logits, every layer's output)."""
+    fmap = []
+    for conv in convs:
+        x = F.leaky_relu(conv(x), 0.1)
+        fmap.append(x)
+    x = post(x)
+    fmap.append(x)
+    return x.flatten(1), fmap
+
+
 class PeriodDiscriminator(nn.Module):
     def __init__(self, period: int, width: float = 1.0, kernel_size: int = 5, stride: int = 3):
         super().__init__()
@@ -52,13 +63,7 @@ class PeriodDiscriminator(nn.Module):
         if t % self.period:
             x = F.pad(x, (0, self.period - t % self.period), mode="reflect")
         x = x.view(b, c, -1, self.period)
-        fmap = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), 0.1)
-            fmap.append(x)
-        x = self.post(x)
-        fmap.append(x)
-        return x.flatten(1), fmap
+        return _run_stack(self.convs, self.post, x)
 
 
 class MultiPeriodDiscriminator(nn.Module):
@@ -88,13 +93,7 @@ class ScaleDiscriminator(nn.Module):
         self.post = norm(nn.Conv1d(cin, 1, 3, 1, padding=1))
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor]]:
-        fmap = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), 0.1)
-            fmap.append(x)
-        x = self.post(x)
-        fmap.append(x)
-        return x.flatten(1), fmap
+        return _run_stack(self.convs, self.post, x)
 
 
 class MultiScaleDiscriminator(nn.Module):

@@ -15,7 +15,8 @@ from typing import Any, Dict, Optional
 
 import torch
 
-from stok.train.checkpoint import atomic_write_text, load_checkpoint
+from stok.fileio import atomic_write_text
+from stok.train.checkpoint import load_checkpoint
 
 log = logging.getLogger("stok.train")
 

@@ -144,7 +144,7 @@ def infer_config(sd: Mapping[str, torch.Tensor], known: Optional[Mapping] = None
     if not n_conv or "encoder.feature_projection.projection.weight" not in sd:
         raise ConfigError(f"{where}: no HuBERT weights found (no feature_extractor.conv_layers / feature projection)")
     shapes = [tuple(sd[f"feature_extractor.conv_layers.{i}.conv.weight"].shape) for i in range(n_conv)]
-    conv_bias = f"feature_extractor.conv_layers.0.conv.bias" in sd
+    conv_bias = "feature_extractor.conv_layers.0.conv.bias" in sd
     if "feature_extractor.conv_layers.1.layer_norm.weight" in sd:
         mode = "layer_norm"
     elif "feature_extractor.conv_layers.0.layer_norm.weight" in sd:

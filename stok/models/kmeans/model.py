@@ -20,6 +20,8 @@ from typing import Any, Dict
 
 import numpy as np
 
+from stok.fileio import atomic_open
+
 FORMAT = "stok-kmeans"
 VERSION = 1
 
@@ -57,12 +59,8 @@ class KMeansModel:
         """Write atomically to ``path`` (any name: numpy's automatic ``.npz`` suffix is not added)."""
         meta = {"format": FORMAT, "version": VERSION, **self.meta,
                 "n_clusters": self.n_clusters, "dim": self.dim, "fingerprint": self.fingerprint()}
-        d = os.path.dirname(os.path.abspath(path))
-        os.makedirs(d, exist_ok=True)
-        tmp = path + ".tmp"
-        with open(tmp, "wb") as f:
+        with atomic_open(path) as f:
             np.savez(f, centroids=self.centroids, meta=np.array(json.dumps(meta, sort_keys=True)))
-        os.replace(tmp, path)
         self.meta = meta
         return path
 

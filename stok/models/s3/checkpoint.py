@@ -16,6 +16,7 @@ from typing import Optional
 
 import torch
 
+from stok.fileio import atomic_torch_save
 from stok.models.s3.config import S3Config
 from stok.models.s3.encoder import LayerNorm32
 from stok.models.s3.model import S3Tokenizer
@@ -34,10 +35,7 @@ def save_checkpoint(model: S3Tokenizer, path: str) -> None:
             "source": info.get("source") and os.path.basename(str(info["source"])),
             "source_sha256": info.get("source_sha256"), "demo": bool(info.get("demo")), "ln_eps": eps,
             "state_dict": {k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()}}
-    tmp = f"{path}.tmp{os.getpid()}"
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    torch.save(blob, tmp)
-    os.replace(tmp, path)
+    atomic_torch_save(blob, path)
 
 
 def read_metadata(path: str) -> dict:

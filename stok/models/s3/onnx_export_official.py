@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections import defaultdict
 from typing import Dict, List, Optional
 
@@ -25,6 +24,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from stok.fileio import atomic_open
 from stok.models.s3.config import S3Config
 from stok.models.s3.encoder import rotary_tables
 from stok.models.s3.model import S3Tokenizer
@@ -299,10 +299,8 @@ def export_official(model: S3Tokenizer, path: Optional[str] = None, *, layer_nor
     for k, v in (metadata or {}).items():
         proto.metadata_props.append(onnx.StringStringEntryProto(key=k, value=str(v)))
     if path:
-        tmp = f"{path}.tmp{os.getpid()}"
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        onnx.save(proto, tmp)
-        os.replace(tmp, path)
+        with atomic_open(path) as f:
+            onnx.save(proto, f)
     return proto
 
 

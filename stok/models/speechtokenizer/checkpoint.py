@@ -13,6 +13,7 @@ from typing import Dict, Optional, Union
 
 import torch
 
+from stok.fileio import atomic_torch_save, atomic_write_text
 from stok.models.speechtokenizer.config import SpeechTokenizerConfig
 from stok.models.speechtokenizer.model import SpeechTokenizer
 
@@ -33,8 +34,8 @@ def save_released(model: SpeechTokenizer, out_dir: PathLike) -> str:
     os.makedirs(out_dir, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     ckpt = os.path.join(out_dir, CKPT_NAME)
-    _atomic(ckpt, lambda f: torch.save(state, f))
-    _atomic(os.path.join(out_dir, CONFIG_NAME), lambda f: f.write(model.cfg.to_json().encode("utf-8")))
+    atomic_torch_save(state, ckpt)
+    atomic_write_text(model.cfg.to_json(), os.path.join(out_dir, CONFIG_NAME))
     return out_dir
 
 
@@ -81,16 +82,3 @@ def _check_keys(expected: Dict[str, torch.Tensor], got: Dict[str, torch.Tensor],
                 f"{k}: file {tuple(got[k].shape)} vs model {tuple(expected[k].shape)}" for k in wrong))
         raise CheckpointError(f"{ckpt_path} does not match the model of {config_path}: {'; '.join(parts)} "
                               "(is the config the one written with this checkpoint?)")
-
-
-def _atomic(path: str, write) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
