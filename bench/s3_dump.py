@@ -52,17 +52,7 @@ from stok.models.s3.dump_model import S3DumpModel  # noqa: E402
 from stok.models.s3.frontend import log_mel  # noqa: E402
 from stok.models.s3.model import build_model  # noqa: E402
 from stok.models.s3.onnx_export_official import export_official  # noqa: E402
-
-
-def speechlike(seconds: float, seed: int, rate: int = 16000) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    n = int(seconds * rate)
-    t = np.arange(n) / rate
-    f0 = 110 + 40 * np.sin(2 * np.pi * 0.7 * t + rng.uniform(0, 6))
-    phase = 2 * np.pi * np.cumsum(f0) / rate
-    voice = sum(np.sin(k * phase) / k for k in range(1, 8))
-    env = 0.5 + 0.5 * np.sin(2 * np.pi * 4 * t + rng.uniform(0, 6))
-    return (0.1 * voice * env + 0.01 * rng.standard_normal(n)).astype(np.float32)
+from tests.conftest import speechlike  # noqa: E402  (the tests' synthetic voiced signal)
 
 
 def make_corpus(root: str, n: int, lo: float, hi: float, seed: int):
@@ -74,7 +64,7 @@ def make_corpus(root: str, n: int, lo: float, hi: float, seed: int):
     for i, d in enumerate(durations):
         key = f"utt{i:04d}"
         path = os.path.join(root, f"{key}.flac")
-        sf.write(path, speechlike(d, seed + i), 16000)
+        sf.write(path, speechlike(d, 16000, seed + i), 16000)
         keys.append(key)
         paths.append(path)
     with open(os.path.join(root, "wav.scp"), "w") as f:
