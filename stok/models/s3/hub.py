@@ -70,6 +70,14 @@ def canonical_name(name: str) -> Optional[str]:
     return name if name in MODELS else None
 
 
+def _official(name: str):
+    """(canonical name, its official model entry); an unknown name is an error listing the known ones."""
+    canon = canonical_name(name)
+    if not canon:
+        raise ModelNotFound(f"unknown S3Tokenizer model name {name!r}; known: {', '.join(sorted(MODELS))}")
+    return canon, MODELS[canon]
+
+
 def cache_dir() -> str:
     root = os.environ.get("STOK_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "stok")
     return os.path.join(root, "s3tokenizer")
@@ -101,10 +109,7 @@ def _download(url: str, target: str, sha256: Optional[str], timeout: float = 60.
 
 def fetch(name: str) -> str:
     """Path of the official ONNX file of ``name`` in the cache, downloading it if needed and allowed."""
-    canon = canonical_name(name)
-    if not canon:
-        raise ModelNotFound(f"unknown S3Tokenizer model name {name!r}; known: {', '.join(sorted(MODELS))}")
-    off = MODELS[canon]
+    canon, off = _official(name)
     target = os.path.join(cache_dir(), f"{canon}.onnx")
     if os.path.isfile(target):
         if off.sha256:
@@ -135,10 +140,7 @@ def fetch(name: str) -> str:
 def load_official(name: str, window_batch: int = 8) -> S3Tokenizer:
     """Load an official model by name: the converted checkpoint when present, else the ONNX file (then
     the conversion is cached next to it)."""
-    canon = canonical_name(name)
-    if not canon:
-        raise ModelNotFound(f"unknown S3Tokenizer model name {name!r}; known: {', '.join(sorted(MODELS))}")
-    off = MODELS[canon]
+    canon, off = _official(name)
     converted = os.path.join(cache_dir(), f"{canon}.pt")
     if os.path.isfile(converted):
         try:

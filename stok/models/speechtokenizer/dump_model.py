@@ -8,6 +8,7 @@ returns, per utterance, its ``ceil(samples / hop)`` frames of the first ``n_q`` 
 
 from __future__ import annotations
 
+import contextlib
 from typing import List
 
 import numpy as np
@@ -33,12 +34,10 @@ class STDumpModel(DumpModel):
 
     @torch.inference_mode()
     def encode(self, padded: torch.Tensor, lengths: torch.Tensor) -> List[np.ndarray]:
-        wav = padded[:, None, :]
-        if self.dtype != torch.float32:
-            with torch.autocast(padded.device.type, dtype=self.dtype):
-                codes = self.model.encode(wav, lengths, n_q=self.n_q)
-        else:
-            codes = self.model.encode(wav, lengths, n_q=self.n_q)
+        precision = (torch.autocast(padded.device.type, dtype=self.dtype) if self.dtype != torch.float32
+                     else contextlib.nullcontext())
+        with precision:
+            codes = self.model.encode(padded[:, None, :], lengths, n_q=self.n_q)
         codes = codes.to(torch.int32).permute(1, 2, 0).cpu().numpy()  # [B, T, n_q]
         return [codes[i, :n] for i, n in enumerate(self.model.frames(lengths).tolist())]
 
