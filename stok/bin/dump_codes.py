@@ -5,8 +5,9 @@
 
 Output (through the dump engine, resumable): ``st_codes.scp`` / ``st_codes.<rank>.ark`` with one ``[T, n_q]``
 record per utterance (T = ceil(samples / 320) frames at 50 Hz, column i = RVQ layer i + 1; stored as exact
-two-byte integer matrices), ``failed.list``, ``st_codes.summary.json``. Read the codes back exactly with
-``stok.dump.storage.load_codes`` (int64 ``[T, n_q]``); ``--text_output`` also writes ``st_codes.txt``.
+float32 matrices, 4 bytes a code), ``failed.list``, ``st_codes.summary.json``. ``kaldiio.load_scp`` reads the
+codes as exact integers; ``stok.dump.storage.load_codes`` returns them as int64 ``[T, n_q]`` (and also reads
+dumps of earlier stok versions); ``--text_output`` also writes ``st_codes.txt``.
 Batched encoding gives the codes of one-at-a-time encoding: each item is padded and masked at its own end.
 """
 

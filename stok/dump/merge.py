@@ -12,10 +12,8 @@ import os
 import re
 from typing import Dict, List
 
-import kaldiio
-
 from stok.data.kaldi_dir import sort_keys
-from stok.dump.storage import read_scp_entries, to_codes
+from stok.dump.storage import load_codes, read_scp_entries
 from stok.fileio import atomic_open
 
 
@@ -55,8 +53,7 @@ def write_failed(path: str, failures: Dict[str, str]) -> None:
 def write_text(scp_path: str, txt_path: str) -> None:
     """``utt tok tok ...`` lines (Kaldi text form, no brackets); [T, n_q] codes flattened frame by frame."""
     with atomic_open(txt_path, "w") as f:
-        for key, array in kaldiio.load_scp_sequential(scp_path):
-            codes = to_codes(array, f"{scp_path}:{key}")
+        for key, codes in load_codes(scp_path):
             f.write(key + " " + " ".join(map(str, codes.reshape(-1).tolist())) + "\n")
 
 

@@ -16,9 +16,9 @@ Flow per utterance and batch::
 What ``encode`` returns decides how it is stored (see ``stok.dump.storage``):
 
 - 1-D integer array ``[T]``          -> Kaldi int32 vector (single-codebook tokens).
-- 2-D integer array ``[T, n_q]``     -> Kaldi matrix, frames as rows, exact integers
-                                         (two-byte integer compression); read with
-                                         ``stok.dump.storage.load_codes``.
+- 2-D integer array ``[T, n_q]``     -> Kaldi float32 matrix, frames as rows, exact integers
+                                         (below 2^24); kaldiio reads them exactly, and
+                                         ``stok.dump.storage.load_codes`` returns int64.
 - 2-D float array ``[T, D]``         -> Kaldi float matrix (or two-byte compressed with
                                          ``--feature_storage compressed16``).
 """

@@ -2,11 +2,15 @@
 
 Storage by what a model returns per utterance (kaldiio 2.18 cannot write int 2-D arrays or float16):
 
-- **tokens** ``[T]`` integer            -> Kaldi int32 vector (``copy-int-vector`` reads it).
-- **codes** ``[T, n_q]`` integer        -> Kaldi *compressed* matrix, method 4 (two-byte signed integer):
-  2 bytes a code, exact for codes in [-32768, 32767]; frames are rows, codebooks columns, so the
-  record is self-describing. Larger codes fall back to a float32 matrix (exact below 2^24).
-  Read back with :func:`load_codes` (``np.rint`` to int64; anything that is not an exact integer is an error).
+- **tokens** ``[T]`` integer            -> Kaldi int32 vector, 4 bytes a token (``copy-int-vector`` reads it).
+- **codes** ``[T, n_q]`` integer        -> Kaldi float32 matrix (``FM``), 4 bytes a code: frames are rows,
+  codebooks columns, so the record is self-describing, and every integer below 2^24 is stored exactly, so
+  plain ``kaldiio.load_scp``, Kaldi's C++ readers and ``kaldi_io`` all return exact integers
+  (``array.astype(int)`` needs no rounding). Read back as int64 with :func:`load_codes`.
+  Dumps written before by stok stored codes as Kaldi compressed matrices (method 4, two-byte integer,
+  ``CM2``): exact in the file, but kaldiio decodes them in float32 and returns ``v + 2^-8`` for every
+  ``v = 128 (mod 256)``. :func:`load_codes` still reads them exactly: for compressed records only, it rounds
+  values within 2^-7 of an integer (the decoder's error is below that).
 - **features** ``[T, D]`` float         -> Kaldi float32 matrix, or with ``compressed16`` a Kaldi compressed
   matrix, method 3 (two-byte, linear over the matrix's global range): half the bytes of float32, the same
   size as float16, read back transparently as float32 by kaldiio/Kaldi; the error is at most
@@ -27,8 +31,9 @@ import numpy as np
 from kaldiio.matio import read_kaldi, write_array
 
 FEATURE_STORAGES = ("float32", "compressed16")
-_INT_CODES_METHOD = 4  # kTwoByteSignedInteger
 _FLOAT16_METHOD = 3  # kTwoByteAuto
+MAX_EXACT_CODE = 2**24  # float32 holds every integer below this exactly
+_COMPRESSED_TOLERANCE = 2.0**-7  # kaldiio's float32 decoding error on old two-byte integer code records
 
 
 def encode_record(array: np.ndarray, feature_storage: str = "float32") -> Tuple[np.ndarray, Optional[int]]:
@@ -41,10 +46,9 @@ def encode_record(array: np.ndarray, feature_storage: str = "float32") -> Tuple[
             raise ValueError("integer codes do not fit int32")
         if array.ndim == 1:
             return array.astype(np.int32), None
-        small = not array.size or (array.min() >= -32768 and array.max() <= 32767)
-        if not small and array.size and np.abs(array).max() >= 2**24:
-            raise ValueError("integer code matrices are stored exactly only below 2^24")
-        return array.astype(np.float32), _INT_CODES_METHOD if small else None
+        if array.size and np.abs(array.astype(np.int64)).max() >= MAX_EXACT_CODE:
+            raise ValueError("integer code matrices are stored exactly only below 2^24 (float32 matrices)")
+        return array.astype(np.float32), None
     if array.ndim != 2:
         raise ValueError(f"float records must be [T, D] matrices, got shape {array.shape}")
     if feature_storage not in FEATURE_STORAGES:
@@ -152,18 +156,42 @@ def load_scp(path: str):
     return kaldiio.load_scp(path)
 
 
-def to_codes(array: np.ndarray, where: str = "") -> np.ndarray:
-    """Integer codes back from a stored record (int vector or exact-integer matrix) as int64."""
+def to_codes(array: np.ndarray, where: str = "", compressed: bool = False) -> np.ndarray:
+    """Integer codes back from a stored record (int vector or integer-valued matrix) as int64.
+
+    Matrices must hold exact integers; ``compressed`` records (old two-byte code dumps, decoded by kaldiio
+    in float32) may be off by less than 2^-7 and are rounded.
+    """
     array = np.asarray(array)
     if np.issubdtype(array.dtype, np.integer):
         return array.astype(np.int64)
     codes = np.rint(array)
-    if not np.array_equal(codes, array):
+    tolerance = _COMPRESSED_TOLERANCE if compressed else 0.0
+    if array.size and not np.abs(codes - array).max() <= tolerance:
         raise ValueError(f"{where}: stored values are not exact integers; is this a features scp?")
     return codes.astype(np.int64)
 
 
+def _is_compressed(location: str, handles: Dict[str, object]) -> bool:
+    """Whether the ark record at ``path:offset`` is a Kaldi compressed matrix (``CM``, ``CM2``, ``CM3``)."""
+    path, _, offset = location.rpartition(":")
+    if not path or not offset.isdigit():
+        return False
+    fd = handles.get(path)
+    if fd is None:
+        fd = handles[path] = open(path, "rb")
+    fd.seek(int(offset))
+    return fd.read(4) == b"\0BCM"
+
+
 def load_codes(path: str) -> Iterator[Tuple[str, np.ndarray]]:
     """(key, int64 codes) in scp order: ``[T]`` tokens or ``[T, n_q]`` codes, exactly as dumped."""
-    for key, array in kaldiio.load_scp_sequential(path):
-        yield key, to_codes(array, f"{path}:{key}")
+    locations = dict(_read_scp_lines(path))
+    handles: Dict[str, object] = {}
+    try:
+        for key, array in kaldiio.load_scp_sequential(path):
+            compressed = array.ndim == 2 and _is_compressed(locations.get(key, ""), handles)
+            yield key, to_codes(array, f"{path}:{key}", compressed)
+    finally:
+        for fd in handles.values():
+            fd.close()

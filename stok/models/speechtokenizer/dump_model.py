@@ -3,7 +3,7 @@
 The engine reads and resamples audio in its workers; ``encode`` runs one padded, length-sorted batch
 through the encoder with each item's true length (so the codes equal one-at-a-time encoding) and
 returns, per utterance, its ``ceil(samples / hop)`` frames of the first ``n_q`` codebooks as int32
-``[T, n_q]`` (stored as exact two-byte integer matrices; read back with ``stok.dump.storage.load_codes``).
+``[T, n_q]`` (stored as exact float32 matrices, 4 bytes a code; read back with ``stok.dump.storage.load_codes``).
 """
 
 from __future__ import annotations
