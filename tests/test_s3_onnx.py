@@ -191,3 +191,29 @@ def test_demo_metadata_gives_version_and_config_and_warns(tmp_path, caplog):
     with pytest.raises(OnnxImportError, match="metadata says v3_25hz"):
         load_onnx(path, "v2_25hz")
     assert onnx.load(path).graph.input[0].name == "mel"
+
+
+@pytest.mark.parametrize("version", ["v2_25hz", "v3_25hz"])
+def test_rotary_tables_and_projection_bias_load_in_the_written_and_the_earlier_layout(version, mels):
+    from tests.s3_layout_helpers import legacy_projection_bias_constant, legacy_rotary_initializers, rotary_constants
+
+    model = build_model(tiny_config(version), seed=11)
+    proto = export_official(model)
+    # the layout the public converter shows: no initializer read by a top-level node, the FSQ bias an initializer
+    top_level_readers = [n.name for n in proto.graph.node if n.name.count("/") == 1
+                         for i in n.input if i in {x.name for x in proto.graph.initializer}]
+    assert top_level_readers == [] and len(rotary_constants(proto)) == 2
+    assert "quantizer.project_in.bias" in {x.name for x in proto.graph.initializer}
+    old = onnx.ModelProto()
+    old.CopyFrom(proto)
+    assert len(legacy_rotary_initializers(old)) == 2 and not rotary_constants(old)
+    if version == "v3_25hz":
+        legacy_projection_bias_constant(old)
+        assert "quantizer.project_in.bias" not in {x.name for x in old.graph.initializer}
+    onnx.checker.check_model(old)
+    for graph in (proto, old):
+        loaded = load_onnx(graph, version, cfg=model.cfg)
+        assert_same_weights(model, loaded)
+        mel = mels[1]
+        expect, _ = model.quantize(mel, torch.tensor([mel.shape[-1]]))
+        assert np.array_equal(ort_tokens(graph, mel), expect[0].numpy())

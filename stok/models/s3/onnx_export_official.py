@@ -2,15 +2,41 @@
 
 The official ``speech_tokenizer_v*.onnx`` files were exported by ``torch.onnx.export`` from the
 original code: most weights are initializers with generated names (``onnx::MatMul_2228``) whose
-meaning is the module scope of the node that consumes them (``/blocks.0/attn/query/MatMul``), with
-known exceptions (conv weights under fixed generated or module names, ``encoders.positional_embedding``,
-the v1 codebook read by ``/quantizer/rq/model/layers.0/_codebook/Pow_1``, v2's ``onnx::MatMul_2536``
-and ``quantizer.project_in.bias``, FSMN taps by their module names, v3 biases in ``Constant`` nodes).
+meaning is the module scope of the node that consumes them (``/blocks.0/attn/query/MatMul``).
 A re-implementation exported with ``torch.onnx.export`` does not have that naming, so this module
 builds the graph node by node with ``onnx.helper``. The graph computes the model (onnxruntime runs
 it: inputs ``mel`` [B, 128, T] float32 and ``mel_len`` [B] int32, output ``tokens`` [B, T'] int32),
 so tests can check the importer against a graph whose tokens are known, and the demo recipe ships
 its random-weights model in the same layout the real files have.
+
+Where the layout comes from. No official file can be read offline; the best evidence is the public
+``s3tokenizer`` package (0.3.0), whose converters ``s3tokenizer.utils.onnx2torch`` (v1, v2) and
+``onnx2torch_v3`` (v3) were written against the real files (tests/test_s3_peer.py runs them on every
+version this module writes, at full size, and loads the result into the peer's model strictly):
+
+- fixed names: conv weights/biases ``onnx::Conv_1519..1522`` (v1 50 Hz), ``encoders.conv{1,2}.{weight,bias}``
+  (v1 25 Hz), ``onnx::Conv_2216..2219`` (v2); ``encoders.positional_embedding`` (v1); the v1 codebook is
+  the tensor read by ``/quantizer/rq/model/layers.0/_codebook/Pow_1``, stored [D, K]; v2's projection
+  ``onnx::MatMul_2536``; the FSQ projection bias is the initializer ``quantizer.project_in.bias`` in v2
+  **and v3** (``onnx2torch_v3`` reads it under that name only, though it reads block biases from
+  ``Constant`` nodes too); FSMN taps ``blocks.N.attn.fsmn_block.weight`` (v3 by this name, v2 by the
+  consuming node ``/blocks.N/attn/fsmn_block/Conv``);
+- every other initializer (v1, v2) is named by its consuming node, and ``onnx2torch`` asserts that this
+  node lies in a ``blocks`` scope: the real files hold no initializer read by a top-level node, so the
+  rotary cos/sin tables (v2, v3) are ``Constant`` nodes here, not initializers;
+- LayerNorm: ``LayerNormalization`` nodes in v2 (the converter's v2 branch), decomposed in v1 and v3
+  (weight read by ``.../attn_ln/Mul``, bias by ``.../attn_ln/Add_1``); 2-D MatMul weights stored [in, out];
+- v3 is read by node names (``/conv1/Conv``, ``/blocks.N/attn/query/MatMul`` ..., the MatMul of a node
+  named ``quantizer``); its block biases may be initializers or ``Constant`` nodes: they are ``Constant``
+  nodes here (``bias_constants``);
+- CosyVoice's extractor (``cosyvoice/cli/frontend.py``, public) feeds the two inputs by position:
+  features [1, 128, T] float32 and the frame count as int32 [1].
+
+stok's choices where nothing public says more: the operator sequence (frame masks, Erf GELU, attention),
+the names of nodes that read no weight, the generated ids past the known ones, v3's conv initializer
+names, the rotary tables' 3000 rows (the peer computes 2048), and the ``stok_*`` metadata keys.
+Graphs written by earlier stok versions (rotary tables as ``onnx::Slice_*`` initializers, the v3
+projection bias as a ``Constant``) still load in ``stok.models.s3.onnx_import``.
 """
 
 from __future__ import annotations
@@ -188,9 +214,11 @@ class _Writer:
             x = g.node("Add", [x, g.node("Slice", [pos, zero, t_len, zero])])
             rope = None
         else:
+            # Constant nodes, not initializers: the peer's converter rejects an initializer read by a
+            # top-level node such as /Slice, and it was written against the real files
             cos, sin = rotary_tables(cfg.n_ctx * 2, hd, cfg.rope_theta, "cpu")
-            cos_t = g.node("Slice", [g.init(cos.numpy(), g.gen("Slice")), zero, t_len, zero])
-            sin_t = g.node("Slice", [g.init(sin.numpy(), g.gen("Slice")), zero, t_len, zero])
+            cos_t = g.node("Slice", [g.const(cos.numpy()), zero, t_len, zero])
+            sin_t = g.node("Slice", [g.const(sin.numpy()), zero, t_len, zero])
             rope = (unsq(cos_t, [1]), unsq(sin_t, [1]))  # [T', 1, hd]
         bias = g.node("Mul", [g.node("Sub", [g.const(1.0), mask]), g.const(-1e10)])
         bias = unsq(bias, [1, 2])  # [B, 1, 1, T']
@@ -262,8 +290,10 @@ class _Writer:
             dist = g.node("Add", [g.node("Sub", [x2, m2], cb), e2], cb)
             idx = g.node("ArgMax", [g.node("Neg", [dist], cb)], cb, axis=-1, keepdims=0)
             return g.node("Cast", [idx], cb, to=TensorProto.INT32)
+        # the bias is an initializer under its module name in every FSQ version (v3 too: the peer's
+        # onnx2torch_v3 reads it only that way, whereas block biases may be Constant nodes)
         h = self.linear(x, q.project_in, "/quantizer/project_in", weight_name=self.project_weight,
-                        bias_name=None if self.bias_constants else "quantizer.project_in.bias")
+                        bias_name="quantizer.project_in.bias")
         s = "/quantizer"
         h = g.node("Mul", [g.node("Tanh", [h], s), g.const(np.float32(cfg.fsq_scale), s)], s)
         h = g.node("Add", [g.node("Round", [h], s), g.const(float((cfg.fsq_levels - 1) // 2), s)], s)

@@ -200,7 +200,8 @@ def _fmt(t: _Tensor) -> str:
 def import_state_dict(proto: onnx.ModelProto, cfg: S3Config, source: str = "<graph>"
                       ) -> Tuple[Dict[str, torch.Tensor], ImportReport, Dict[str, int]]:
     """Map the graph's tensors onto an ``S3Tokenizer(cfg)`` state dict, strictly (see module docstring)."""
-    model = S3Tokenizer(cfg)
+    with torch.device("meta"):  # shapes only: no memory, no random init (seconds at the released sizes)
+        model = S3Tokenizer(cfg)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     tensors = _graph_tensors(proto.graph)
     known = KNOWN_NAMES.get(cfg.version, {})
@@ -271,16 +272,16 @@ def import_state_dict(proto: onnx.ModelProto, cfg: S3Config, source: str = "<gra
             problems["duplicate"].append(f"{param} found {len(claimed)} times: " + "; ".join(_fmt(t) for t, _, _ in claimed))
             continue
         t, transform, how = claimed[0]
-        arr = t.array.astype(np.float32)
-        if transform == "T" and arr.ndim == 2:
-            arr = arr.T
-        elif transform == "orient" and arr.ndim == 2 and arr.shape != expected[param] and arr.T.shape == expected[param]:
-            arr = arr.T
-        if tuple(arr.shape) != expected[param]:
+        arr = t.array
+        transpose = arr.ndim == 2 and (transform == "T" or (
+            transform == "orient" and arr.shape != expected[param] and arr.T.shape == expected[param]))
+        shape = arr.T.shape if transpose else arr.shape
+        if tuple(shape) != expected[param]:
             problems["shape"].append(f"{param}: expected {list(expected[param])}, graph tensor {_fmt(t)} gives "
-                                     f"{list(arr.shape)}")
+                                     f"{list(shape)}")
             continue
-        state[param] = torch.from_numpy(np.ascontiguousarray(arr))
+        tensor = torch.from_numpy(np.array(arr, dtype=np.float32))  # a writable copy; torch transposes fast
+        state[param] = tensor.t().contiguous() if transpose else tensor
         mapped[param] = f"{t.name} (by {how})"
     for param in expected:
         if param not in claims:
@@ -358,8 +359,9 @@ def load_onnx(path_or_proto, version: Optional[str] = None, cfg: Optional[S3Conf
         s = strides["encoder.conv1"]
         raise OnnxImportError(f"{source}: conv1 has stride {s} in the graph, a {'50' if s == 1 else '25'} Hz model, "
                               f"but version {version} has conv1 stride {cfg.conv1_stride}; pick the right --version")
-    model = S3Tokenizer(cfg, window_batch=window_batch)
-    model.load_state_dict(state, strict=True)
+    with torch.device("meta"):  # the graph's tensors become the parameters: no random init to overwrite
+        model = S3Tokenizer(cfg, window_batch=window_batch)
+    model.load_state_dict(state, strict=True, assign=True)
     for module, value in report.eps.items():
         model.get_submodule(module).eps = value
     model.info.update(source=source, source_sha256=sha, demo=meta.get("stok_demo") == "1",
