@@ -39,6 +39,19 @@ def write_corpus(root: str, durations, rate: int = 16000, fmt: str = "flac", pre
     return scp
 
 
+def write_data_dir(root, durations, rate: int = 16000):
+    """A Kaldi data dir ``root/data`` holding a wav.scp of speech-like files under ``root/audio``;
+    returns (data dir, {utterance id: waveform as stok reads it})."""
+    from stok.data.audio import load_audio
+
+    data = os.path.join(str(root), "data")
+    os.makedirs(data, exist_ok=True)
+    os.replace(write_corpus(os.path.join(str(root), "audio"), durations, rate), os.path.join(data, "wav.scp"))
+    with open(os.path.join(data, "wav.scp")) as f:
+        wavs = {k: load_audio(p, rate) for k, p in (line.split() for line in f)}
+    return data, wavs
+
+
 @pytest.fixture
 def mixed_corpus(tmp_path):
     rng = np.random.default_rng(1)
