@@ -24,25 +24,31 @@ st_n_q=0                 # stage 4: codebooks to dump (0: all)
 s3_version=v2_25hz       # stage 5 S3Tokenizer version: v1_50hz, v1_25hz, v2_25hz, v3_25hz
 s3_model=demo            # stage 5 model: an ONNX/checkpoint path, an official name, or demo (random weights, smoke test only)
 s3_opts=""               # extra stage 5 options, e.g. "--dtype bf16"
+shar=false               # stages 1, 2, 4, 5: also export each dump's lhotse cut set as Shar shards (<dump dir>/shar)
+shar_shard_size=1000     # cuts per Shar shard
 # end options
 
 # The recipe's own settings (corpus paths, split names, and overrides of the defaults above) come next,
 # then the command line overrides everything.
 for ((i = 1; i <= $#; i++)); do
   case "${!i}" in
-    --recipe) j=$((i + 1)); recipe=${!j} ;;
+    --recipe)
+      j=$((i + 1))
+      if [ $j -gt $# ]; then echo "run.sh: error: option --recipe needs a value (a recipe dir such as recipes/demo)" >&2; exit 1; fi
+      recipe=${!j} ;;
     --recipe=*) recipe=${!i#--recipe=} ;;
   esac
 done
 if [ ! -f "$recipe/conf/corpus.sh" ]; then
-  echo "run.sh: $recipe/conf/corpus.sh not found; --recipe must be a recipe dir such as recipes/demo" >&2
+  echo "run.sh: error: $recipe/conf/corpus.sh not found; --recipe must be a recipe dir such as recipes/demo" >&2
   exit 1
 fi
 . "$recipe/conf/corpus.sh"
 help_message=$(sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//')
 option_files="$recipe/conf/corpus.sh"
 . "$(dirname "$0")/local/parse_options.sh"
-if [ $# -gt 0 ]; then echo "run.sh: unexpected argument $1 (see run.sh --help)" >&2; exit 1; fi
+if [ $# -gt 0 ]; then echo "run.sh: error: unexpected argument $1 (options are --name value; see run.sh --help)" >&2; exit 1; fi
+. "$(dirname "$0")/local/check_options.sh"  # every option value and the recipe's files, before any stage runs
 # the recipe's options (after command-line overrides) reach local/data.sh through the environment
 export nj $(sed -n '/^# begin options/,/^# end options/p' "$recipe/conf/corpus.sh" | grep -oE '^[A-Za-z_][A-Za-z0-9_]*(=)' | tr -d =)
 . "$(dirname "$0")/path.sh"
@@ -57,6 +63,12 @@ launch="python -m"
 train_launch="python -m"
 [ "$train_nj" -gt 1 ] && train_launch="torchrun --standalone --nproc_per_node $train_nj -m"
 dump_opts="--device $device --num_workers $num_workers"
+# every dump also writes its lhotse cut set, cuts.jsonl.gz, beside its scp; --shar true adds Shar shards
+export_shar() {
+  if [ "$shar" = true ]; then
+    python -m stok.bin.export_shar --cuts $1/cuts.jsonl.gz --output_dir $1/shar --shard_size $shar_shard_size --overwrite
+  fi
+}
 
 if [ $stage -le 0 ] && [ $stop_stage -ge 0 ]; then
   log "Stage 0: prepare $recipe: lhotse manifests in data/manifests, Kaldi dirs in data/{${splits// /,}}"
@@ -68,6 +80,7 @@ if [ $stage -le 1 ] && [ $stop_stage -ge 1 ]; then
   for s in $splits; do
     $launch stok.bin.dump_features --teacher $teacher $teacher_opts $dump_opts \
       --data_dir data/$s --output_dir dump/$teacher/$s
+    export_shar dump/$teacher/$s
   done
 fi
 
@@ -78,12 +91,14 @@ if [ $stage -le 2 ] && [ $stop_stage -ge 2 ]; then
   for s in $splits; do
     python -m stok.bin.kmeans dump --km_model exp/kmeans/km$n_clusters.npz \
       --feats_scp dump/$teacher/$s/feats.scp --output_dir dump/km$n_clusters/$s
+    export_shar dump/km$n_clusters/$s
   done
 fi
 
 if [ $stage -le 3 ] && [ $stop_stage -ge 3 ]; then
   log "Stage 3: train SpeechTokenizer ($train_config) -> exp/st, export exp/st/export"
-  $train_launch stok.bin.train --config $train_config --exp_dir exp/st \
+  # --resume: a rerun continues the run in exp/st (a finished one is exported again); a changed config is refused
+  $train_launch stok.bin.train --config $train_config --exp_dir exp/st --resume \
     --data_dir data/$train_set --teacher_scp dump/$teacher/$train_set/feats.scp \
     --dev_dir data/$dev_set --dev_teacher_scp dump/$teacher/$dev_set/feats.scp --device $device $train_opts
 fi
@@ -93,6 +108,7 @@ if [ $stage -le 4 ] && [ $stop_stage -ge 4 ]; then
   for s in $splits; do
     $launch stok.bin.dump_codes --model_dir exp/st/export --n_q $st_n_q $dump_opts \
       --data_dir data/$s --output_dir dump/st_codes/$s
+    export_shar dump/st_codes/$s
   done
   python -m stok.bin.decode --model_dir exp/st/export --codes_scp dump/st_codes/$dev_set/st_codes.scp \
     --output_dir exp/st/decode/$dev_set
@@ -109,6 +125,7 @@ if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
   for s in $splits; do
     $launch stok.bin.dump_s3 --model $s3_model --version $s3_version $s3_opts $dump_opts \
       --data_dir data/$s --output_dir dump/s3_$s3_version/$s
+    export_shar dump/s3_$s3_version/$s
   done
 fi
 

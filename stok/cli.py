@@ -41,7 +41,8 @@ def entry_point(main: F) -> F:
         except UserError as e:
             if debug_enabled():
                 raise
-            raise SystemExit(f"error: {e}") from None
+            one_line = " ".join(part.strip() for part in str(e).splitlines() if part.strip())
+            raise SystemExit(f"error: {one_line}") from None
 
     return wrapper  # type: ignore[return-value]
 

@@ -131,7 +131,7 @@ def test_bad_inputs_are_listed_not_fatal(tmp_path, mixed_corpus):
 def test_errors_before_work(tmp_path):
     scp = tmp_path / "wav.scp"
     scp.write_text("a /x.wav\nlonely\n")
-    with pytest.raises(ValueError, match=r"wav.scp:2"):
+    with pytest.raises(SystemExit, match=r"wav.scp:2"):
         run(str(scp), str(tmp_path / "o"))
     with pytest.raises(SystemExit):
         dump_energy.main(["--wav_scp", str(scp), "--output_dir", str(tmp_path / "o"), "--bogus", "1"])

@@ -135,7 +135,7 @@ def test_errors_are_clear(tmp_path):
     torch.save(sd, tmp_path / "bad.pt")
     with pytest.raises(ConfigError, match="do not fit"):
         load_hubert(str(tmp_path / "bad.pt"))
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(ConfigError, match="missing.pt not found"):
         load_hubert(str(tmp_path / "missing.pt"))
     os.makedirs(tmp_path / "emptydir")
     with pytest.raises(ConfigError, match="config.json"):

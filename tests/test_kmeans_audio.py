@@ -51,7 +51,7 @@ def test_from_audio_equals_feature_dump_then_labels(tmp_path, corpus):
     # resuming with another model into the same dir is refused
     other = str(tmp_path / "km8.npz")
     cli.main(["learn", "--feats_dir", feats, "--n_clusters", "8", "--output", other])
-    with pytest.raises(SystemExit, match="another k-means model"):
+    with pytest.raises(SystemExit, match="another model or settings"):
         cli.main(["dump", "--from_audio", "--km_model", other, "--teacher", "mfcc", "--wav_scp", corpus,
                   "--output_dir", one_pass, "--num_workers", "0"])
 

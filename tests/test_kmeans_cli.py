@@ -212,7 +212,7 @@ def test_dump_resumes_and_refuses_another_model(tmp_path, feats):
     # another model into the same dir: refused, unless --overwrite
     other = str(tmp_path / "other.npz")
     learn(scp, other, "--n_clusters", "5")
-    with pytest.raises(SystemExit, match="another k-means model"):
+    with pytest.raises(SystemExit, match="another model or settings"):
         dump(other, scp, out)
     s = dump(other, scp, out, "--overwrite")
     assert s["already_done"] == 0 and s["usage"]["n_clusters"] == 5
@@ -259,7 +259,7 @@ def test_cli_errors_name_the_file(tmp_path, feats):
     with pytest.raises(SystemExit, match="feature scp not found: .*gone.scp"):
         dump(km, str(tmp_path / "gone.scp"), str(tmp_path / "o"))
     with pytest.raises(SystemExit, match="only 6000 frames for 7000 clusters"):
-        learn(feats[0], km, "--n_clusters", "7000")
+        learn(feats[0], str(tmp_path / "km7000.npz"), "--n_clusters", "7000")
     with pytest.raises(SystemExit, match="fraction"):
         learn(feats[0], km, "--percent", "10")
     with pytest.raises(SystemExit, match="unknown command"):

@@ -4,6 +4,7 @@ segments) and an existing Kaldi data dir."""
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 import pytest
@@ -164,17 +165,17 @@ def test_folder_from_kaldi_dir_and_bad_entries(tmp_path, caplog):
 
 
 def test_folder_errors(tmp_path, capsys):
-    assert main(["folder", "--output_dir", str(tmp_path / "d")]) == 1
-    assert "exactly one of" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match=re.escape("exactly one of")):
+        main(["folder", "--output_dir", str(tmp_path / "d")])
     os.makedirs(tmp_path / "empty")
-    assert main(["folder", "--audio_dir", str(tmp_path / "empty"), "--output_dir", str(tmp_path / "d")]) == 1
-    assert "no audio files" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match=re.escape("no audio files")):
+        main(["folder", "--audio_dir", str(tmp_path / "empty"), "--output_dir", str(tmp_path / "d")])
     (tmp_path / "bad.scp").write_text("a /x.wav\nb\n")
-    assert main(["folder", "--wav_scp", str(tmp_path / "bad.scp"), "--output_dir", str(tmp_path / "d")]) == 1
-    assert "bad.scp:2" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match=re.escape("bad.scp:2")):
+        main(["folder", "--wav_scp", str(tmp_path / "bad.scp"), "--output_dir", str(tmp_path / "d")])
     sf.write(tmp_path / "one.wav", speechlike(0.2), 16000)
     os.makedirs(tmp_path / "one")
     os.replace(tmp_path / "one.wav", tmp_path / "one" / "one.wav")
-    assert main(["folder", "--audio_dir", str(tmp_path / "one"), "--output_dir", str(tmp_path / "d"),
-                 "--dev_fraction", "0.5"]) == 1
-    assert "nothing to train on" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match=re.escape("nothing to train on")):
+        main(["folder", "--audio_dir", str(tmp_path / "one"), "--output_dir", str(tmp_path / "d"),
+              "--dev_fraction", "0.5"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -79,13 +80,13 @@ def test_librispeech_split_selection_and_rerun(tmp_path):
 def test_librispeech_errors(tmp_path, capsys):
     corpus = tmp_path / "LibriSpeech"
     make_librispeech(str(corpus))
-    assert main(["librispeech", "--corpus_dir", str(corpus), "--output_dir", str(tmp_path / "d"),
-                 "--splits", "test-other"]) == 1
-    assert "test-other" in capsys.readouterr().err
-    assert main(["librispeech", "--corpus_dir", str(tmp_path / "nowhere"), "--output_dir", str(tmp_path / "d")]) == 1
-    assert "does not exist" in capsys.readouterr().err
-    assert main(["librispeech", "--output_dir", str(tmp_path / "d")]) == 1
-    assert "--corpus_dir is required" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match=re.escape("test-other")):
+        main(["librispeech", "--corpus_dir", str(corpus), "--output_dir", str(tmp_path / "d"),
+              "--splits", "test-other"])
+    with pytest.raises(SystemExit, match=re.escape("does not exist")):
+        main(["librispeech", "--corpus_dir", str(tmp_path / "nowhere"), "--output_dir", str(tmp_path / "d")])
+    with pytest.raises(SystemExit, match=re.escape("--corpus_dir is required")):
+        main(["librispeech", "--output_dir", str(tmp_path / "d")])
 
 
 def test_custom_split_names_detected(tmp_path):

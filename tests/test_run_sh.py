@@ -54,7 +54,8 @@ def test_stage_gating_runs_only_the_asked_stages(tmp_path):
     assert "Stage 0" in res.stdout and "Stage 1" not in res.stdout
     assert (rec / "stage0.marker").read_text().strip() == "stage0 ran with /my/corpus"
     (rec / "stage0.marker").unlink()
-    res = run_sh("--recipe", str(rec), "--stage", "3", "--stop_stage", "2")
+    res = run_sh("--recipe", str(rec), "--stage", "3", "--stop_stage", "2", check=False)  # nothing to run: a mistake
+    assert res.returncode == 1 and "nothing would run" in res.stderr
     assert "Stage" not in res.stdout and not (rec / "stage0.marker").exists()
     # stage 1 runs its one python command, which fails clearly here (no data dir): no pretending
     res = run_sh("--recipe", str(rec), "--stage", "1", "--stop_stage", "1", check=False)

@@ -8,29 +8,38 @@ Writes ``<output_dir>/wav/<utt>.wav`` (16-bit PCM at the model's rate, ``frames 
 tokenized again. Layers: column i of a codes record is RVQ layer i + 1. ``--first_layer k`` decodes from
 layer k + 1 on, i.e. the residual stack of layers k+1..: ``sum_i codebook_i[code_i]`` over those layers
 only (``--first_layer 0 --n_q 1`` is RVQ-1 alone, the content layer; ``--first_layer 1`` leaves it out).
-Codes are decoded in length-sorted batches, each item with its own length; files already written are
-skipped on a rerun (``--overwrite`` redoes them).
+Codes are decoded in length-sorted batches, each item with its own length. ``decode_info.json`` records
+what made the audio (checksums of the model files, the codes scp, the layers): a rerun with the same skips the
+files already written; a rerun with others is refused, naming what differs, unless ``--overwrite``, which
+removes the old audio once every check (options, codes, model load) has passed. Every check runs before
+anything is written.
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
+import json
 import logging
 import os
 import time
+from typing import List, Tuple
 
 import numpy as np
 import soundfile as sf
 import torch
 from tqdm import tqdm
 
+from stok.cli import UserError, check_output_dir, entry_point
 from stok.dump.bucketing import make_batches
 from stok.dump.distributed import resolve_device
+from stok.dump.fingerprint import file_sha256, refuse_other_record
 from stok.dump.storage import load_codes
-from stok.fileio import atomic_open
+from stok.fileio import atomic_open, atomic_write_text
 from stok.models.speechtokenizer.model_args import add_model_args, check_model_args, load_model
 
 log = logging.getLogger("stok.decode")
+RECORD = "decode_info.json"  # what made the audio of an output dir (model checksums, codes, layers)
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -43,7 +52,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--batch_seconds", type=float, default=60.0, help="max padded audio seconds per decode batch")
     p.add_argument("--limit", type=int, default=0, help="decode only the first N utterances")
-    p.add_argument("--overwrite", action="store_true", help="decode again utterances whose wav exists")
+    p.add_argument("--overwrite", action="store_true",
+                   help="remove the audio already in --output_dir (after every check passed) and decode everything")
+    p.add_argument("--debug", action="store_true", help="show the traceback of user errors too")
     return p
 
 
@@ -52,33 +63,130 @@ def _write_wav(path: str, wav: np.ndarray, sample_rate: int) -> None:
         sf.write(f, np.clip(wav, -1.0, 1.0), sample_rate, format="WAV", subtype="PCM_16")
 
 
+def check_args(args) -> None:
+    if args.first_layer < 0 or args.n_q < 0 or args.limit < 0:
+        raise UserError("--first_layer, --n_q and --limit must be >= 0")
+    if not args.batch_seconds > 0:
+        raise UserError(f"--batch_seconds must be > 0, got {args.batch_seconds}")
+    if not os.path.isfile(args.codes_scp):
+        raise UserError(f"--codes_scp {args.codes_scp} not found (stage 4 writes dump/st_codes/<split>/st_codes.scp)")
+    check_output_dir(args.output_dir)
+
+
+def _scp_lines(path: str) -> List[Tuple[str, str]]:
+    """``(key, location)`` of a codes scp; a line that is not ``utt location``, a repeated key, a binary file or a
+    missing archive is named with ``path:line``."""
+    out, seen = [], set()
+    try:
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                parts = line.split(maxsplit=1)
+                if not parts:
+                    continue
+                if len(parts) != 2:
+                    raise UserError(f"{path}:{n}: expected 'utt location', got {line.strip()!r}")
+                key, loc = parts[0], parts[1].strip()
+                if key in seen:
+                    raise UserError(f"{path}:{n}: duplicate key {key!r}")
+                seen.add(key)
+                ark = loc.rpartition(":")[0] if loc.rpartition(":")[2].isdigit() else None
+                if ark is not None and not loc.endswith("|") and not os.path.isfile(ark):
+                    raise UserError(f"{path}:{n}: {key}: archive {ark} not found")
+                out.append((key, loc))
+    except UnicodeDecodeError:
+        raise UserError(f"--codes_scp {path} is not a text scp (an .ark given instead of its .scp?)") from None
+    if not out:
+        raise UserError(f"--codes_scp {path} is empty")
+    return out
+
+
+def read_codes(path: str, first: int, last: int, limit: int) -> List[Tuple[str, np.ndarray]]:
+    """Layers ``first..last-1`` of every record (the first ``limit``), each checked to be SpeechTokenizer codes."""
+    keys = [k for k, _ in _scp_lines(path)]
+    items: List[Tuple[str, np.ndarray]] = []
+    it = load_codes(path)
+    for key in keys[: limit or None]:
+        try:
+            got, codes = next(it)
+            if got != key:
+                raise UserError(f"{path}: expected {key}, the archive gave {got}; dump the codes again")
+        except UserError:
+            raise
+        except StopIteration:
+            raise UserError(f"{path}: {key} could not be read (the scp and its archive disagree)") from None
+        except Exception as e:  # noqa: BLE001 - what a damaged archive or a features scp makes the reader raise
+            text = str(e).splitlines()[0] if str(e) else type(e).__name__
+            if "not exact integers" in text:
+                raise UserError(f"--codes_scp {path}: {key} holds non-integer values: a features scp, not "
+                                "SpeechTokenizer codes (stage 4 writes dump/st_codes/<split>/st_codes.scp)") from e
+            raise UserError(f"{path}: {key} cannot be read ({type(e).__name__}: {text}); dump the codes again") from e
+        if codes.ndim != 2:
+            raise UserError(f"{path}:{key} holds 1-D tokens, not SpeechTokenizer codes [T, n_q]")
+        if codes.shape[1] < last:
+            raise UserError(f"{path}:{key} has {codes.shape[1]} codebooks; layers up to {last - 1} "
+                            "asked for (lower --n_q or dump more codebooks)")
+        items.append((key, codes[:, first:last]))
+    return items
+
+
+def decode_record(args, first: int, last: int) -> dict:
+    """What made the audio of an output dir: the model files' checksums, the codes and the layers."""
+    files = ((os.path.join(args.model_dir, "config.json"), os.path.join(args.model_dir, "SpeechTokenizer.pt"))
+             if args.model_dir else (args.config, args.ckpt))
+    return {"tool": "stok-decode", "model": {os.path.basename(p): file_sha256(p) for p in files},
+            "codes_scp": os.path.abspath(args.codes_scp), "layers": [first, last - 1]}
+
+
+def _old_outputs(out_dir: str) -> List[str]:
+    wav_dir = os.path.join(out_dir, "wav")
+    wavs = sorted(glob.glob(os.path.join(glob.escape(wav_dir), "*.wav")))
+    scp = os.path.join(out_dir, "wav.scp")
+    return wavs + ([scp] if os.path.isfile(scp) else [])
+
+
+def check_output(out_dir: str, record: dict, overwrite: bool) -> None:
+    """Refuse (nothing written) to add audio to a dir holding another model's or other codes' audio."""
+    if not overwrite and _old_outputs(out_dir):
+        refuse_other_record(os.path.join(out_dir, RECORD), record, f"--output_dir {out_dir} holds decoded audio")
+
+
+def start_output(out_dir: str, record: dict, overwrite: bool) -> str:
+    """After every check: create the dirs, remove old audio (``--overwrite``), record what decodes into it."""
+    wav_dir = os.path.join(out_dir, "wav")
+    os.makedirs(wav_dir, exist_ok=True)
+    if overwrite:
+        for p in _old_outputs(out_dir):
+            os.remove(p)
+    atomic_write_text(json.dumps(record, indent=1) + "\n", os.path.join(out_dir, RECORD))
+    return wav_dir
+
+
+@entry_point
 def main(argv=None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = get_parser().parse_args(argv)
     check_model_args(args)
-    if not os.path.isfile(args.codes_scp):
-        raise SystemExit(f"error: --codes_scp {args.codes_scp} not found (stage 4 writes dump/st_codes/<split>/st_codes.scp)")
-    if args.first_layer < 0 or args.n_q < 0 or args.limit < 0:
-        raise SystemExit("error: --first_layer, --n_q and --limit must be >= 0")
+    check_args(args)
     device = resolve_device(args.device, int(os.environ.get("LOCAL_RANK", 0)))
     model = load_model(args, device)
     cfg = model.cfg
     last = cfg.n_q if not args.n_q else args.first_layer + args.n_q
-    if last > cfg.n_q or args.first_layer >= cfg.n_q:
-        raise SystemExit(f"error: layers {args.first_layer}..{last - 1} asked for, the model has {cfg.n_q} (0..{cfg.n_q - 1})")
+    if args.first_layer >= cfg.n_q:
+        raise UserError(f"--first_layer {args.first_layer} is out of range: the model has {cfg.n_q} RVQ layers "
+                        f"(0..{cfg.n_q - 1})")
+    if last > cfg.n_q:
+        raise UserError(f"layers {args.first_layer}..{last - 1} asked for, the model has {cfg.n_q} (0..{cfg.n_q - 1}): "
+                        "lower --n_q")
+    items = read_codes(args.codes_scp, args.first_layer, last, args.limit)
+    bad = [(k, int(c.min()), int(c.max())) for k, c in items if c.size and (c.min() < 0 or c.max() >= cfg.codebook_size)]
+    if bad:
+        k, lo, hi = bad[0]
+        raise UserError(f"{args.codes_scp}:{k} has codes {lo}..{hi}, the model's codebooks have {cfg.codebook_size} "
+                        "entries: these codes come from another model")
+    record = decode_record(args, args.first_layer, last)
+    check_output(args.output_dir, record, args.overwrite)
 
-    wav_dir = os.path.join(args.output_dir, "wav")
-    os.makedirs(wav_dir, exist_ok=True)
-    items = []
-    for key, codes in load_codes(args.codes_scp):
-        if codes.ndim != 2:
-            raise SystemExit(f"error: {args.codes_scp}:{key} holds 1-D tokens, not SpeechTokenizer codes [T, n_q]")
-        if codes.shape[1] < last:
-            raise SystemExit(f"error: {args.codes_scp}:{key} has {codes.shape[1]} codebooks; layers up to {last - 1} "
-                             "asked for (lower --n_q or dump more codebooks)")
-        items.append((key, codes[:, args.first_layer:last]))
-        if args.limit and len(items) == args.limit:
-            break
+    wav_dir = start_output(args.output_dir, record, args.overwrite)
     todo = [(k, c) for k, c in items if args.overwrite or not os.path.exists(os.path.join(wav_dir, k + ".wav"))]
     frames_budget = int(args.batch_seconds * cfg.sample_rate / cfg.hop)
     batches = make_batches([len(c) for _, c in todo], frames_budget, 0, bucketing=True)
@@ -96,7 +204,7 @@ def main(argv=None) -> dict:
                 _write_wav(os.path.join(wav_dir, key + ".wav"), wav[b, 0, :n], cfg.sample_rate)
                 seconds += n / cfg.sample_rate
             bar.update(len(group))
-    with open(os.path.join(args.output_dir, "wav.scp"), "w", encoding="utf-8") as f:
+    with atomic_open(os.path.join(args.output_dir, "wav.scp"), "w") as f:
         for key, _ in sorted(items):
             f.write(f"{key} {os.path.abspath(os.path.join(wav_dir, key + '.wav'))}\n")
     summary = {"utterances": len(items), "decoded_now": len(todo), "audio_seconds_now": seconds,

@@ -14,9 +14,11 @@ Batched encoding gives the codes of one-at-a-time encoding: each item is padded 
 from __future__ import annotations
 
 import argparse
+import os
 
 import torch
 
+from stok.cli import UserError, entry_point
 from stok.dump.engine import run_dump
 from stok.dump.options import add_dump_args
 from stok.models.speechtokenizer.model_args import DTYPES, add_model_args, check_dtype, check_model_args, load_model
@@ -39,11 +41,12 @@ def get_parser() -> argparse.ArgumentParser:
     return p
 
 
+@entry_point
 def main(argv=None) -> dict:
     args = get_parser().parse_args(argv)
     check_model_args(args)
     if args.n_q < 0:
-        raise SystemExit("error: --n_q must be >= 0")
+        raise UserError(f"--n_q {args.n_q}: give a number >= 0 (0: all codebooks)")
     if not args.batch_seconds and not args.max_frames:
         on_gpu = args.device.startswith("cuda") or (args.device == "auto" and torch.cuda.is_available())
         args.batch_seconds = GPU_BATCH_SECONDS if on_gpu else CPU_BATCH_SECONDS
@@ -54,8 +57,11 @@ def main(argv=None) -> dict:
         dtype = check_dtype(args.dtype, device)
         model = load_model(args, device)
         if args.n_q > model.cfg.n_q:
-            raise SystemExit(f"error: --n_q {args.n_q} but the model has {model.cfg.n_q} codebooks")
-        return STDumpModel(model, args.n_q, dtype)
+            raise UserError(f"--n_q {args.n_q} but the model has {model.cfg.n_q} codebooks; give 1..{model.cfg.n_q} "
+                            "(0: all)")
+        files = ([os.path.join(args.model_dir, n) for n in ("config.json", "SpeechTokenizer.pt")] if args.model_dir
+                 else [args.config, args.ckpt])
+        return STDumpModel(model, args.n_q, dtype, weights_files=files)
 
     return run_dump(args, build, name=NAME)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 
+from stok.cli import UserError, entry_point
 from stok.dump.energy_model import EnergyTokens
 from stok.dump.engine import run_dump
 from stok.dump.options import add_dump_args
@@ -22,8 +23,12 @@ def get_parser() -> argparse.ArgumentParser:
     return p
 
 
+@entry_point
 def main(argv=None) -> dict:
     args = get_parser().parse_args(argv)
+    for name, low in (("hop", 1), ("sample_rate", 1), ("min_samples", 0)):
+        if getattr(args, name) < low:
+            raise UserError(f"--{name} {getattr(args, name)}: give a number >= {low}")
     return run_dump(args, lambda device: EnergyTokens(args.hop, args.sample_rate, args.min_samples), name="energy")
 
 

@@ -30,8 +30,9 @@ import os
 import shutil
 from typing import Optional
 
+from stok.cli import UserError, entry_point
 from stok.dump.engine import run_dump
-from stok.dump.options import add_dump_args, check_dump_args
+from stok.dump.options import add_dump_args
 from stok.models.teacher import add_teacher_args, build_teacher
 
 log = logging.getLogger("stok.dump_features")
@@ -85,8 +86,10 @@ def print_estimate(args, dim: int) -> Optional[dict]:
     est = disk_estimate(hours, dim, args.feature_storage)
     msg = (f"disk estimate: {hours:.2f} h x {FRAME_RATE:.0f} frames/s x {dim} dims x {est['bytes_per_value']} B "
            f"({args.feature_storage}) = {_human(est['bytes'])}")
-    os.makedirs(args.output_dir, exist_ok=True)
-    free = shutil.disk_usage(args.output_dir).free
+    existing = os.path.abspath(args.output_dir)  # nothing is created before the dump starts
+    while not os.path.isdir(existing):
+        existing = os.path.dirname(existing)
+    free = shutil.disk_usage(existing).free
     est["free"] = free
     if est["bytes"] > free:
         log.warning("%s, but only %s free under %s: the dump will not fit (use --feature_storage compressed16, "
@@ -98,17 +101,27 @@ def print_estimate(args, dim: int) -> Optional[dict]:
     return est
 
 
+@entry_point
 def main(argv=None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = get_parser().parse_args(argv)
-    check_dump_args(args)
+    if args.text_output:
+        raise UserError("--text_output writes integer tokens as text; teacher features are float matrices: leave it "
+                        "out (read feats.scp with kaldiio.load_scp)")
     if args.teacher == "hubert" and not args.checkpoint:
-        raise SystemExit("error: --teacher hubert needs --checkpoint (fairseq .pt, Hugging Face dir, torchaudio "
-                         "state dict or bundle name such as HUBERT_BASE); --teacher mfcc needs no weights")
-    teacher = build_teacher(args, device="cpu")  # loaded once; moved to the rank's device by the engine
-    if int(os.environ.get("RANK", 0)) == 0:
-        print_estimate(args, teacher.dim)
-    return run_dump(args, lambda device: teacher.to(device), name=NAME)
+        raise UserError("--teacher hubert needs --checkpoint (fairseq .pt, Hugging Face dir, torchaudio "
+                        "state dict or bundle name such as HUBERT_BASE); --teacher mfcc needs no weights")
+
+    def build(device):  # called by the engine once the options, the list and the output dir are checked
+        try:
+            teacher = build_teacher(args, device=device)
+        except (FileNotFoundError, ValueError) as e:  # missing or unusable weights, --layer out of range ...
+            raise UserError(str(e)) from None
+        if int(os.environ.get("RANK", 0)) == 0:
+            print_estimate(args, teacher.dim)
+        return teacher
+
+    return run_dump(args, build, name=NAME)
 
 
 if __name__ == "__main__":

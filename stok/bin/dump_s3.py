@@ -20,6 +20,7 @@ import os
 
 import torch
 
+from stok.cli import UserError, entry_point
 from stok.dump.engine import run_dump
 from stok.dump.options import add_dump_args
 from stok.fileio import atomic_torch_save
@@ -43,7 +44,8 @@ def get_parser() -> argparse.ArgumentParser:
     g.add_argument("--window_batch", type=int, default=0,
                    help="long audio (> 30 s): 30 s windows encoded at most this many at a time (0: 8 on GPU, 2 on CPU)")
     g.add_argument("--cosyvoice_export", action="store_true",
-                   help="also write utt2speech_token.pt (utterance id -> list of ints) for CosyVoice fine-tuning")
+                   help="also write utt2speech_token.pt (utterance id -> list of ints) for CosyVoice fine-tuning "
+                        "(an existing one in --output_dir is always rewritten to match s3_tokens.scp)")
     add_dump_args(p)
     # batch budget: 0 picks by device (see CPU_BATCH_SECONDS); an explicit --batch_seconds or --max_frames wins
     p.set_defaults(batch_seconds=0.0)
@@ -59,8 +61,10 @@ GPU_BATCH_SECONDS = 240.0
 def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
     """Device-dependent defaults: the batch budget (unless --batch_seconds/--max_frames) and --window_batch."""
     if args.window_batch < 0:
-        raise SystemExit("error: --window_batch must be >= 0")
+        raise UserError(f"--window_batch {args.window_batch}: give a number >= 0")
     on_gpu = args.device.startswith("cuda") or (args.device == "auto" and torch.cuda.is_available())
+    if args.dtype != "fp32" and not on_gpu:
+        raise UserError(f"--dtype {args.dtype} is for GPUs; on {args.device} use --dtype fp32")
     if not args.batch_seconds and not args.max_frames:
         args.batch_seconds = GPU_BATCH_SECONDS if on_gpu else CPU_BATCH_SECONDS
     args.window_batch = args.window_batch or (8 if on_gpu else 2)
@@ -68,6 +72,7 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
 
 
 def write_cosyvoice_export(output_dir: str) -> str:
+    """``utt2speech_token.pt`` (utterance id -> list of ints) from the merged ``s3_tokens.scp``."""
     from stok.dump.storage import load_codes
 
     tokens = {k: [int(x) for x in v] for k, v in load_codes(os.path.join(output_dir, f"{NAME}.scp"))}
@@ -76,6 +81,7 @@ def write_cosyvoice_export(output_dir: str) -> str:
     return path
 
 
+@entry_point
 def main(argv=None) -> dict:
     args = resolve_defaults(get_parser().parse_args(argv))
     dtype, window_batch = DTYPES[args.dtype], args.window_batch
@@ -85,18 +91,19 @@ def main(argv=None) -> dict:
         from stok.models.s3.hub import load_s3
 
         if dtype != torch.float32 and device.type != "cuda":
-            raise SystemExit(f"error: --dtype {args.dtype} is for GPUs; on {device} use --dtype fp32")
+            raise UserError(f"--dtype {args.dtype} is for GPUs; on {device} use --dtype fp32")
         try:
             model = load_s3(args.model, args.version, device, dtype, window_batch)
         except (FileNotFoundError, ValueError) as e:
-            raise SystemExit(f"error: {e}") from None
-        return S3DumpModel(model)
+            raise UserError(str(e)) from None
+        return S3DumpModel(model, weights_file=args.model if os.path.isfile(args.model) else None)
 
-    summary = run_dump(args, build, name=NAME)
-    if args.cosyvoice_export and int(os.environ.get("RANK", 0)) == 0:
+    def export(summary: dict) -> None:
         path = write_cosyvoice_export(args.output_dir)
         logging.getLogger("stok.dump").info("CosyVoice export: %s", path)
-    return summary
+
+    stale = os.path.exists(os.path.join(args.output_dir, "utt2speech_token.pt"))  # never left behind the tokens
+    return run_dump(args, build, name=NAME, finish=export if args.cosyvoice_export or stale else None)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from stok.cli import UserError, check_output_dir, entry_point
 from stok.dump.bucketing import make_batches
 from stok.dump.dataset import Collate, UtteranceDataset
 from stok.dump.distributed import resolve_device
@@ -48,6 +49,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch_seconds", type=float, default=60.0, help="max padded audio seconds per batch")
     p.add_argument("--num_workers", type=int, default=2, help="audio-reading worker processes (0: in-process)")
     p.add_argument("--limit", type=int, default=0, help="evaluate only the first N utterances (by key)")
+    p.add_argument("--debug", action="store_true", help="show the traceback of user errors too")
     return p
 
 
@@ -56,6 +58,7 @@ def _mean(values: List[float]) -> float:
     return float(np.mean(values)) if values else None
 
 
+@entry_point
 def main(argv=None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = get_parser().parse_args(argv)
@@ -64,12 +67,15 @@ def main(argv=None) -> dict:
         path = getattr(args, name)
         path = os.path.join(path, "wav.scp") if name == "data_dir" and path else path
         if path and not os.path.isfile(path):
-            raise SystemExit(f"error: {path} not found")
+            raise UserError(f"--{name} {getattr(args, name)}: {path} not found")
+    if args.limit < 0 or args.num_workers < 0 or not args.batch_seconds > 0:
+        raise UserError("--limit and --num_workers must be >= 0 and --batch_seconds > 0")
+    check_output_dir(args.output_dir)
     device = resolve_device(args.device, 0)
     model = load_model(args, device)
     cfg = model.cfg
     if not 0 <= args.n_q <= cfg.n_q:
-        raise SystemExit(f"error: --n_q must be between 0 and the model's {cfg.n_q} codebooks")
+        raise UserError(f"--n_q {args.n_q} is out of range: the model has {cfg.n_q} codebooks (0: all of them)")
     n_q = args.n_q or cfg.n_q
     dump_model = STDumpModel(model, n_q)
     failures: Dict[str, str] = {}
@@ -125,9 +131,14 @@ def main(argv=None) -> dict:
     os.makedirs(args.output_dir, exist_ok=True)
     with open(os.path.join(args.output_dir, "report.json"), "w") as f:
         json.dump(report, f, indent=1)
+    plots = [os.path.join(args.output_dir, name) for name in ("code_usage.png", "mel_distance.png")]
     if per_utt:
-        plot_code_usage(layers, usage.hist, cfg.codebook_size, os.path.join(args.output_dir, "code_usage.png"))
-        plot_mel_distance(per_utt, sweep, os.path.join(args.output_dir, "mel_distance.png"))
+        plot_code_usage(layers, usage.hist, cfg.codebook_size, plots[0])
+        plot_mel_distance(per_utt, sweep, plots[1])
+    else:  # no plot of this run: an earlier run's must not pass for it
+        for p in plots:
+            if os.path.exists(p):
+                os.remove(p)
     for key, reason in failures.items():
         log.warning("%s failed: %s", key, reason)
     m = report["mean"]

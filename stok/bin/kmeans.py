@@ -24,6 +24,9 @@ import time
 
 import torch
 
+from stok.cli import UserError, check_output_dir, entry_point
+from stok.fileio import atomic_open
+
 log = logging.getLogger("stok.kmeans")
 
 MFCC_CLUSTERS, HUBERT_CLUSTERS = 100, 500
@@ -80,6 +83,10 @@ def learn_parser() -> argparse.ArgumentParser:
                         "faster on one thread on busy machines")
     p.add_argument("--strict", action="store_true",
                    help="exit non-zero if any feature entry failed (default: list them in <output>.failed.list)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --output learned with other settings (a rerun with the same settings "
+                        "replaces it anyway)")
+    p.add_argument("--debug", action="store_true", help="show the traceback of user errors too (or STOK_DEBUG=1)")
     return p
 
 
@@ -100,24 +107,83 @@ def _is_mfcc(teacher: dict) -> bool:
     return any("mfcc" in n.lower() for n in names)
 
 
+#: learn options that decide the model; a rerun into an existing --output must give the same (or --overwrite)
+LEARN_OPTIONS = ("n_clusters", "percent", "max_frames", "sample_by", "seed", "seed_frames", "n_local_trials",
+                 "warmup_frames", "warmup_iters", "max_iter", "tol", "no_prune")
+
+
+def _check_learn_args(args) -> None:
+    for name in ("max_frames", "seed_frames", "n_local_trials", "threads", "seed_threads", "n_clusters",
+                 "warmup_iters"):
+        if getattr(args, name) < 0:
+            raise UserError(f"--{name} must be >= 0, got {getattr(args, name)}")
+    if not 0 < args.percent <= 1:
+        raise UserError(f"--percent is the fraction of the frames to learn on, in (0, 1] (0.1 = 10%), "
+                        f"got {args.percent}")
+    if args.warmup_frames < -1:
+        raise UserError(f"--warmup_frames must be -1 (auto), 0 (no warm-up) or more, got {args.warmup_frames}")
+    if args.max_iter < 1 or args.tol < 0:
+        raise UserError(f"--max_iter must be >= 1 and --tol >= 0, got {args.max_iter} and {args.tol}")
+    if os.path.isdir(args.output):
+        raise UserError(f"--output {args.output} is a directory; give the model file, e.g. exp/kmeans/km100.npz")
+    check_output_dir(os.path.dirname(os.path.abspath(args.output)), f"--output {args.output}: its directory")
+
+
+def _learn_options(args, scp: str) -> dict:
+    return {"feats_scp": os.path.abspath(scp), **{k: getattr(args, k) for k in LEARN_OPTIONS}}
+
+
+def _check_existing_model(args, options: dict) -> None:
+    """Refuse (nothing written) to replace a model learned with other options, or a file that is no model."""
+    from stok.models.kmeans.model import KMeansModel, KMeansModelError
+
+    if args.overwrite or not os.path.exists(args.output):
+        return
+    fix = "choose another --output, or add --overwrite to replace it"
+    try:
+        old = KMeansModel.load(args.output)
+    except KMeansModelError as e:
+        raise UserError(f"--output {args.output} exists and is not a k-means model ({str(e).split('. ')[0]}); "
+                        f"{fix}") from None
+    before = old.meta.get("options")
+    if not isinstance(before, dict):  # written by an earlier stok: what its metadata says
+        sample = old.meta.get("sample") or {}
+        before = {"feats_scp": old.meta.get("feats_scp"), **{k: sample[k] for k in ("percent", "max_frames",
+                                                                                   "sample_by", "seed") if k in sample}}
+    diff = [f"{k} {before[k]!r} -> {options[k]!r}" for k in options
+            if k != "n_clusters" and k in before and before[k] != options[k]]
+    if options["n_clusters"] and options["n_clusters"] != old.n_clusters:
+        diff.append(f"n_clusters {old.n_clusters} -> {options['n_clusters']}")
+    elif not options["n_clusters"] and before.get("n_clusters"):
+        diff.append(f"n_clusters {before['n_clusters']} -> 0 (auto)")
+    if diff:
+        raise UserError(f"--output {args.output} holds a k-means model learned with other settings ({'; '.join(diff)})"
+                        f"; {fix}")
+    log.info("%s exists, learned with the same settings: learning it again (same seed, same features)", args.output)
+
+
 def learn(argv) -> dict:
     from stok.models.kmeans.fit import fit_kmeans
     from stok.models.kmeans.model import KMeansModel
-    from stok.models.kmeans.sample import FeatsError, resolve_feats_scp, sample_frames
+    from stok.models.kmeans.sample import FeatsError, read_feats_scp, resolve_feats_scp, sample_frames
 
     args = learn_parser().parse_args(argv)
-    for name in ("max_frames", "seed_frames", "n_local_trials", "threads", "seed_threads", "n_clusters"):
-        if getattr(args, name) < 0:
-            raise SystemExit(f"error: --{name} must be >= 0")
+    _check_learn_args(args)
     device = _resolve_device(args.device)
+    try:
+        scp = resolve_feats_scp(args.feats_scp, args.feats_dir)
+        read_feats_scp(scp)  # a missing, empty or malformed list fails here, before any work
+    except FeatsError as e:
+        raise UserError(str(e)) from None
+    options = _learn_options(args, scp)
+    _check_existing_model(args, options)
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        scp = resolve_feats_scp(args.feats_scp, args.feats_dir)
         t0 = time.time()
         sample = sample_frames(scp, args.percent, args.max_frames, args.seed, args.sample_by)
     except FeatsError as e:
-        raise SystemExit(f"error: {e}")
+        raise UserError(str(e)) from None
     t_sample = time.time() - t0
     teacher = feature_teacher(scp)
     k = args.n_clusters
@@ -130,14 +196,12 @@ def learn(argv) -> dict:
     failed_path = os.path.splitext(args.output)[0] + ".failed.list"
     if sample.failures:
         os.makedirs(os.path.dirname(os.path.abspath(failed_path)), exist_ok=True)
-        with open(failed_path, "w", encoding="utf-8") as f:
+        with atomic_open(failed_path, "w") as f:
             for key, reason in sample.failures.items():
                 f.write(f"{key}\t{reason}\n")
         log.warning("%d feature entries failed: see %s", len(sample.failures), failed_path)
         if args.strict:
-            raise SystemExit(f"error: {len(sample.failures)} feature entries failed (--strict); see {failed_path}")
-    elif os.path.exists(failed_path):
-        os.remove(failed_path)
+            raise UserError(f"{len(sample.failures)} feature entries failed (--strict); see {failed_path}")
     try:
         res = fit_kmeans(sample.frames, k, seed=args.seed, seed_frames=args.seed_frames or None,
                          n_local_trials=args.n_local_trials or None,
@@ -145,18 +209,20 @@ def learn(argv) -> dict:
                          warmup_iters=args.warmup_iters, max_iter=args.max_iter, tol=args.tol, device=device,
                          prune=not args.no_prune, seed_threads=args.seed_threads)
     except ValueError as e:
-        raise SystemExit(f"error: {e}")
+        raise UserError(str(e)) from None
     import stok
 
     meta = {"feats_scp": os.path.abspath(scp), "teacher": teacher or None,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "stok_version": stok.__version__,
+            "stok_version": stok.__version__, "options": options,
             "sample": {"percent": args.percent, "max_frames": args.max_frames, "sample_by": args.sample_by,
                        "seed": args.seed, "seconds": t_sample, **sample.info()},
             "fit": {**res.settings, "inertia": res.inertia, "n_iter_warmup": res.n_iter_warmup, "n_iter": res.n_iter,
                     "converged": res.converged, "seconds": res.seconds, "history": res.history}}
     model = KMeansModel(res.centroids, meta)
     model.save(args.output)
+    if not sample.failures and os.path.exists(failed_path):
+        os.remove(failed_path)  # an earlier run's list: this model had no failures
     summary = {"output": os.path.abspath(args.output), "n_clusters": k, "dim": sample.dim,
                "frames": int(len(sample.frames)), "inertia": res.inertia, "n_iter_warmup": res.n_iter_warmup,
                "n_iter": res.n_iter, "converged": res.converged, "clusters_used": int((res.counts > 0).sum()),
@@ -185,6 +251,7 @@ def dump_feats_parser() -> argparse.ArgumentParser:
     p.add_argument("--no_text", action="store_true", help="do not write km_labels.txt")
     p.add_argument("--overwrite", action="store_true", help="delete earlier output instead of resuming")
     p.add_argument("--strict", action="store_true", help="exit non-zero if any entry failed")
+    p.add_argument("--debug", action="store_true", help="show the traceback of user errors too (or STOK_DEBUG=1)")
     return p
 
 
@@ -223,7 +290,9 @@ def dump(argv) -> dict:
     from stok.models.kmeans.sample import FeatsError, resolve_feats_scp
 
     if args.batch_frames < 1:
-        raise SystemExit("error: --batch_frames must be >= 1")
+        raise UserError(f"--batch_frames {args.batch_frames}: give a number >= 1")
+    if args.threads < 0:
+        raise UserError(f"--threads {args.threads}: give a number >= 0")
     device = _resolve_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -232,11 +301,14 @@ def dump(argv) -> dict:
         scp = resolve_feats_scp(args.feats_scp, args.feats_dir)
         summary = dump_from_feats(km, args.km_model, scp, args.output_dir, device, args.batch_frames,
                                   args.overwrite, not args.no_text)
+        from stok.dump.cuts import write_label_cuts  # cuts.jsonl.gz: the feature dump's cuts with the labels
+
+        write_label_cuts(args.output_dir, "km_labels", scp, summary)
     except (KMeansModelError, FeatsError) as e:
-        raise SystemExit(f"error: {e}")
+        raise UserError(str(e)) from None
     _print_usage(summary, args.output_dir)
     if args.strict and summary["failed"]:
-        raise SystemExit(f"error: {summary['failed']} entries failed (--strict); see {args.output_dir}/failed.list")
+        raise UserError(f"{summary['failed']} entries failed (--strict); see {args.output_dir}/failed.list")
     return summary
 
 
@@ -254,7 +326,8 @@ def _teacher_mismatch(fitted: dict, now: dict) -> list:
 
 def dump_audio(argv) -> dict:
     from stok.dump.engine import run_dump
-    from stok.models.kmeans.dump import NAME, check_marker, finalize
+    from stok.fileio import atomic_open
+    from stok.models.kmeans.dump import NAME, finalize
     from stok.models.kmeans.labels_model import KMeansLabels
     from stok.models.kmeans.model import KMeansModel, KMeansModelError
     from stok.models.teacher import build_teacher
@@ -263,39 +336,45 @@ def dump_audio(argv) -> dict:
     try:
         km = KMeansModel.load(args.km_model)
     except KMeansModelError as e:
-        raise SystemExit(f"error: {e}")
+        raise UserError(str(e)) from None
+    if args.teacher == "hubert" and not args.checkpoint:
+        raise UserError("--teacher hubert needs --checkpoint (the HuBERT weights the k-means model's features "
+                        "came from); --teacher mfcc needs no weights")
     is_main = int(os.environ.get("RANK", 0)) == 0
-    os.makedirs(args.output_dir, exist_ok=True)
-    check_marker(args.output_dir, km, args.km_model, args.overwrite, write=is_main)
 
-    def build(device):
-        teacher = build_teacher(args, device)
+    def build(device):  # called by the engine once the options, the list and the output dir are checked
+        try:
+            teacher = build_teacher(args, device)
+        except (FileNotFoundError, ValueError) as e:
+            raise UserError(str(e)) from None
         dim = getattr(teacher, "dim", 0)
         if dim and dim != km.dim:
-            raise SystemExit(f"error: the {getattr(teacher, 'name', 'teacher')} teacher gives {dim}-dim features, "
-                             f"{args.km_model} was fitted on {km.dim}-dim ones: use the teacher (and layer) it was "
-                             f"fitted on ({(km.meta.get('teacher') or {}).get('model', 'see its metadata')})")
+            raise UserError(f"the {getattr(teacher, 'name', 'teacher')} teacher gives {dim}-dim features, "
+                            f"{args.km_model} was fitted on {km.dim}-dim ones: use the teacher (and layer) it was "
+                            f"fitted on ({(km.meta.get('teacher') or {}).get('model', 'see its metadata')})")
         model = KMeansLabels(teacher, km, device, args.km_model)
         if is_main:
             for line in _teacher_mismatch(km.meta.get("teacher") or {}, model.teacher.describe()):
                 log.warning("teacher differs from the one the k-means model was fitted on: %s", line)
         return model
 
-    args.text_output = False  # km_labels.txt comes from finalize() (with the usage counts, one read of the labels)
-    summary = run_dump(args, build, name=NAME)
-    if is_main:
+    args.text_output = False  # km_labels.txt comes from finish() (with the usage counts, one read of the labels)
+
+    def finish(summary: dict) -> None:  # rank 0, after the merge (before --strict reports failures)
         summary["usage"] = finalize(args.output_dir, km.n_clusters, not args.no_text)
         summary["mode"] = "audio"
-        summary["fingerprint"] = km.fingerprint()
-        with open(os.path.join(args.output_dir, f"{NAME}.summary.json"), "w") as f:
+        summary["km_fingerprint"] = km.fingerprint()
+        with atomic_open(os.path.join(args.output_dir, f"{NAME}.summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
         _print_usage(summary, args.output_dir)
-    return summary
+
+    return run_dump(args, build, name=NAME, finish=finish)
 
 
 COMMANDS = {"learn": learn, "dump": dump}
 
 
+@entry_point
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

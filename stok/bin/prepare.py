@@ -29,9 +29,11 @@ import argparse
 import importlib
 import json
 import logging
+import os
 import sys
 import time
 
+from stok.cli import UserError, check_output_dir, entry_point
 from stok.data.prepare import CORPORA
 
 HELP = {
@@ -55,25 +57,41 @@ def build_parser() -> argparse.ArgumentParser:
         module.add_arguments(p)
         p.add_argument("--summary_json", default=None, help="also write the per-split summary as JSON here")
         p.add_argument("--log_level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+        p.add_argument("--debug", action="store_true", help="show the traceback of user errors too")
         p.set_defaults(module=module)
     return parser
 
 
+def check_args(args) -> None:
+    """Option values and output locations, before any corpus is read or any file written."""
+    from stok.data.prepare.manifests import parse_combine
+
+    if getattr(args, "num_jobs", 1) < 1:
+        raise UserError(f"--num_jobs must be >= 1, got {args.num_jobs}")
+    check_output_dir(args.output_dir, "--output_dir")
+    if getattr(args, "manifest_dir", None):
+        check_output_dir(args.manifest_dir, "--manifest_dir")
+    if args.summary_json:
+        if os.path.isdir(args.summary_json):
+            raise UserError(f"--summary_json {args.summary_json} is a directory; give a file name")
+        check_output_dir(os.path.dirname(os.path.abspath(args.summary_json)), f"--summary_json {args.summary_json}: its directory")
+    parse_combine(getattr(args, "combine", None))
+    if hasattr(args.module, "check_args"):
+        args.module.check_args(args)
+
+
+@entry_point
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=getattr(logging, args.log_level),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from stok.data.kaldi_dir import KaldiDirError
-    from stok.data.prepare.manifests import PrepareError, format_summary
+    from stok.data.prepare.manifests import format_summary
 
     if getattr(args, "splits", None):
         args.splits = list(dict.fromkeys(args.splits))  # "train dev dev" -> once each, order kept
+    check_args(args)
     t0 = time.time()
-    try:
-        summaries = args.module.run(args)
-    except (PrepareError, KaldiDirError) as e:
-        print(f"stok-prepare {args.corpus}: error: {e}", file=sys.stderr)
-        return 1
+    summaries = args.module.run(args)
     wall = time.time() - t0
     print(format_summary(summaries))
     print(f"stok-prepare {args.corpus}: {len(summaries)} splits in {wall:.1f} s")

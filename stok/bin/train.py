@@ -11,7 +11,10 @@ no scp). Without ``--dev_dir``, ``data.dev_holdout`` utterances of the training 
 Outputs in ``--exp_dir``: ``checkpoints/`` (full state, last N + best by dev mel), ``tensorboard/``,
 ``train_log.jsonl`` (every step's losses), ``dev_log.jsonl``, ``bad_audio.list``, ``train_config.yaml``, and at the
 end ``export/`` (``config.json`` + ``SpeechTokenizer.pt``, the released layout).
-``--resume`` continues from the newest checkpoint (same losses, step for step, as an uninterrupted run).
+``--resume`` continues from the newest checkpoint (same losses, step for step, as an uninterrupted run); it refuses a
+config that differs from the checkpoint's (naming each changed key; the run's length and bookkeeping may change), and
+a run into an ``--exp_dir`` that already holds one is refused without ``--resume``. Every check (options, config,
+data, teacher, the experiment dir) runs before anything is written.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ import logging
 import os
 import sys
 
-from stok.train.config import ConfigError, load_config
+from stok.cli import UserError, entry_point
+from stok.train.config import load_config
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -43,18 +47,25 @@ def get_parser() -> argparse.ArgumentParser:
                    help="override one config value, e.g. --set optim.lr=2e-4 (repeatable)")
     p.add_argument("--no_export", action="store_true", help="do not export at the end")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--debug", action="store_true", help="show the traceback of user errors too")
     return p
 
 
+def check_args(args) -> None:
+    for name, low in (("max_steps", 1), ("stop_after", 1), ("threads", 0), ("num_workers", 0)):
+        value = getattr(args, name)
+        if value is not None and value < low:
+            raise UserError(f"--{name} must be >= {low}, got {value}")
+
+
+@entry_point
 def main(argv=None) -> dict:
     args = get_parser().parse_args(argv)
+    check_args(args)
     overrides = list(args.set)
     if args.num_workers is not None:
         overrides.append(f"data.num_workers={args.num_workers}")
-    try:
-        cfg = load_config(args.config, overrides)
-    except (ConfigError, OSError) as e:
-        raise SystemExit(f"error: {e}")
+    cfg = load_config(args.config, overrides)
 
     from stok.dump import distributed
     from stok.train.trainer import DistInfo, Paths, Trainer
@@ -63,8 +74,12 @@ def main(argv=None) -> dict:
     logging.basicConfig(level=logging.INFO if info.is_main else logging.WARNING,
                         format=f"%(asctime)s [rank {info.rank}] %(levelname)s %(message)s", stream=sys.stderr)
     paths = Paths(args.exp_dir, args.data_dir, args.dev_dir, args.teacher_scp, args.dev_teacher_scp)
-    trainer = Trainer(cfg, paths, DistInfo(info.rank, info.world, info.local_rank, info.device),
-                      max_steps=args.max_steps, resume=args.resume, show_progress=not args.quiet)
+    try:  # every check runs here, before anything is written to --exp_dir
+        trainer = Trainer(cfg, paths, DistInfo(info.rank, info.world, info.local_rank, info.device),
+                          max_steps=args.max_steps, resume=args.resume, show_progress=not args.quiet)
+    except BaseException:
+        distributed.cleanup(info)
+        raise
     try:
         result = trainer.train(stop_after=args.stop_after)
         finished = trainer.step >= trainer.total_steps

@@ -156,6 +156,8 @@ def duration_seconds(spec: str) -> float:
     if not is_pipe(spec) and not is_ark(spec):
         if not os.path.exists(spec):
             raise AudioError(f"audio file not found: {spec}")
+        if os.path.isfile(spec) and os.path.getsize(spec) == 0:
+            raise AudioError(f"audio file is empty: {spec}")
         try:
             info = soundfile.info(spec)
         except Exception as e:

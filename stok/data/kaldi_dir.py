@@ -11,9 +11,11 @@ import os
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Tuple
 
+from stok.cli import UserError
 
-class KaldiDirError(ValueError):
-    """A malformed or inconsistent Kaldi data dir file; the message names the file and line."""
+
+class KaldiDirError(UserError, ValueError):
+    """A malformed, unreadable or inconsistent Kaldi data dir file; the message names the file and line."""
 
 
 @dataclass(frozen=True)
@@ -66,19 +68,26 @@ def sort_keys(keys: Iterable[str]) -> List[str]:
 def read_table(path: str, min_fields: int = 2, max_fields: Optional[int] = None) -> Dict[str, str]:
     """``key rest-of-line`` pairs; duplicate keys and short lines are errors naming ``path:line``."""
     out: Dict[str, str] = {}
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            parts = line.split(maxsplit=1)
-            nfields = 1 + (len(parts[1].split()) if len(parts) > 1 else 0)
-            if nfields < min_fields or (max_fields and nfields > max_fields):
-                want = f"{min_fields}" if max_fields == min_fields else f"at least {min_fields}"
-                raise KaldiDirError(f"{path}:{n}: expected {want} fields, got {nfields}: {line!r}")
-            if parts[0] in out:
-                raise KaldiDirError(f"{path}:{n}: duplicate key {parts[0]!r}; keys must be unique")
-            out[parts[0]] = parts[1] if len(parts) > 1 else ""
+    n = 0
+    try:
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                line = line.strip()
+                if not line:
+                    continue
+                parts = line.split(maxsplit=1)
+                nfields = 1 + (len(parts[1].split()) if len(parts) > 1 else 0)
+                if nfields < min_fields or (max_fields and nfields > max_fields):
+                    want = f"{min_fields}" if max_fields == min_fields else f"at least {min_fields}"
+                    raise KaldiDirError(f"{path}:{n}: expected {want} fields, got {nfields}: {line!r}; "
+                                        "each line is 'key value...': fix or remove it")
+                if parts[0] in out:
+                    raise KaldiDirError(f"{path}:{n}: duplicate key {parts[0]!r}; keys must be unique")
+                out[parts[0]] = parts[1] if len(parts) > 1 else ""
+    except UnicodeDecodeError:
+        raise KaldiDirError(f"{path}:{n + 1}: not UTF-8 text; Kaldi lists are UTF-8") from None
+    except OSError as e:
+        raise KaldiDirError(f"{path}: cannot read ({e.strerror or e}); check the path and its permissions") from None
     return out
 
 

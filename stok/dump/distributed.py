@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from stok.cli import UserError
+
 
 @dataclass
 class DistInfo:
@@ -34,9 +36,12 @@ def resolve_device(spec: str, local_rank: int) -> torch.device:
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
     if spec == "cuda":  # several processes per GPU share it round-robin (data loading can be the bottleneck)
         spec = f"cuda:{local_rank % max(1, torch.cuda.device_count())}"
-    device = torch.device(spec)
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise UserError(f"--device {spec}: not a device; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"error: --device {spec} asked for CUDA, but torch sees no GPU; use --device cpu")
+        raise UserError(f"--device {spec} asked for CUDA, but torch sees no GPU; use --device cpu")
     return device
 
 

@@ -3,7 +3,8 @@
 It reads and frames every utterance like a real model does, so it checks a corpus end to end
 (every file decodes, durations, failures) and measures the engine's own overhead in tests and
 ``bench/dump_engine.py``. Tokens: ``clamp(round(2 * log2(mean square + 1e-10)) + 80, 0, 127)`` per frame
-of ``hop`` samples, frames = ceil(samples / hop); padding never changes an utterance's tokens.
+of ``hop`` samples, frames = ceil(samples / hop); padding never changes an utterance's tokens. Its fingerprint
+(``describe``: hop, rate, vocabulary) is all that decides the tokens: there are no weights.
 """
 
 from __future__ import annotations

@@ -1,10 +1,14 @@
 """The one dump engine: wav.scp in, ``<name>.scp``/``.ark`` out, for every model.
 
-``run_dump(args, build_model, name)`` reads the utterance list (Kaldi dir or wav.scp + segments),
-shards it over ``torchrun`` ranks, skips what earlier runs wrote, batches the rest by length,
-loads audio in DataLoader workers, calls ``model.encode`` per padded batch, writes each result
-crash-safely to the rank's ark/scp, lists failures, and (rank 0) merges everything at the end.
-A model only says how a padded batch becomes codes (``stok.dump.model_api.DumpModel``).
+``run_dump(args, build_model, name)`` checks everything before it creates or removes any output: the
+options, the utterance list (Kaldi dir or wav.scp + segments), the output location, the model (built by
+``build_model``), and that the output dir holds no dump made by another model or settings (the fingerprint,
+``stok.dump.fingerprint``). Only then it creates the dir (``--overwrite``: removes the old outputs) and
+records the fingerprint. It shards the list over ``torchrun`` ranks, skips what earlier runs wrote, batches
+the rest by length, loads audio in DataLoader workers, calls ``model.encode`` per padded batch, writes each
+result crash-safely to the rank's ark/scp, lists failures, and (rank 0) merges everything at the end.
+A model only says how a padded batch becomes codes (``stok.dump.model_api.DumpModel``). User mistakes
+raise :class:`stok.cli.UserError`.
 """
 
 from __future__ import annotations
@@ -14,20 +18,23 @@ import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 import torch
 from tqdm import tqdm
 
+from stok.cli import UserError, check_output_dir
 from stok.data.audio import AudioError, duration_seconds
 from stok.data.kaldi_dir import Utterance, read_kaldi_dir, utterances_from_scp
 from stok.dump import distributed
 from stok.dump.bucketing import make_batches, padding_stats, shard
 from stok.dump.dataset import Batch, Collate, UtteranceDataset
-from stok.dump.merge import done_keys, merge, remove_outputs
+from stok.dump.fingerprint import check_fingerprint, start_output
+from stok.dump.merge import done_keys, merge
 from stok.dump.model_api import DumpModel
 from stok.dump.options import check_dump_args
 from stok.dump.storage import ShardWriter
+from stok.fileio import atomic_open
 
 log = logging.getLogger("stok.dump")
 
@@ -40,7 +47,7 @@ def read_utterances(args) -> List[Utterance]:
     if args.limit:
         utts = utts[: args.limit]
     if not utts:
-        raise SystemExit(f"error: no utterances in {args.data_dir or args.wav_scp}")
+        raise UserError(f"no utterances in {args.data_dir or args.wav_scp}; give a non-empty list")
     return utts
 
 
@@ -95,20 +102,42 @@ def encode_batch(model: DumpModel, batch: Batch, device: torch.device):
         return outs
 
 
-def run_dump(args, build_model: Callable[[torch.device], DumpModel], name: str) -> dict:
-    """Run one dump (see module docstring); returns the merged summary (on every rank)."""
+def dump_fingerprint(model: DumpModel, args, name: str) -> dict:
+    """The model's fingerprint plus the engine settings that change what is stored."""
+    fp = {"name": name, "model": model.fingerprint()}
+    if model.float_output:
+        fp["feature_storage"] = args.feature_storage
+    return fp
+
+
+def run_dump(args, build_model: Callable[[torch.device], DumpModel], name: str,
+             finish: Optional[Callable[[dict], None]] = None) -> dict:
+    """Run one dump (see module docstring); returns the merged summary (on every rank).
+
+    ``finish(summary)`` runs on rank 0 after the merge (extra outputs such as exports), before ``--strict``
+    reports failures."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    start = time.time()
     check_dump_args(args)
+    utts = read_utterances(args)
+    out = args.output_dir
+    check_output_dir(out)
     info = distributed.setup(args.device, args.threads)
     show = info.is_main
-    out = args.output_dir
-    os.makedirs(out, exist_ok=True)
-    if args.overwrite and info.is_main:
-        remove_outputs(out, name)
+    model = build_model(info.device)
+    if args.text_output and model.float_output:
+        raise UserError(f"--text_output writes integer tokens as text; {name} holds float features: leave it out")
+    if args.feature_storage != "float32" and not model.float_output:
+        raise UserError(f"--feature_storage {args.feature_storage} is for float features; {name} holds integer "
+                        "tokens or codes (stored exactly): leave it out")
+    fingerprint = dump_fingerprint(model, args, name)
+    if not args.overwrite:
+        check_fingerprint(out, name, fingerprint)
+    distributed.barrier(info)  # every rank has checked before rank 0 creates or removes anything
+    if info.is_main:
+        start_output(out, name, fingerprint, args.overwrite)
     distributed.barrier(info)
 
-    start = time.time()
-    utts = read_utterances(args)
     mine = [utts[i] for i in shard([u.duration for u in utts], info.rank, info.world)]
     writer = ShardWriter(os.path.join(out, f"{name}.{info.rank}"), args.feature_storage)
     done = done_keys(out, name) | writer.done
@@ -116,7 +145,6 @@ def run_dump(args, build_model: Callable[[torch.device], DumpModel], name: str) 
     todo = [u for u in mine if u.utt_id not in done]
     already = len(mine) - len(todo)
 
-    model = build_model(info.device)
     failures: Dict[str, str] = {}
     todo = fill_durations(todo, failures, show)
     sr = model.sample_rate
@@ -152,19 +180,25 @@ def run_dump(args, build_model: Callable[[torch.device], DumpModel], name: str) 
     bar.close()
     writer.close()
 
-    with open(os.path.join(out, f"failed.{info.rank}.list"), "w", encoding="utf-8") as f:
+    with atomic_open(os.path.join(out, f"failed.{info.rank}.list"), "w") as f:
         for key, reason in failures.items():
             f.write(f"{key}\t{reason}\n")
     stats = {"rank": info.rank, "utterances": len(mine), "already_done": already,
              "written": written, "failed": len(failures), "audio_seconds": audio_seconds,
              "wall_seconds": time.time() - start, "batches": len(batches), **pad}
-    with open(os.path.join(out, f"{name}.summary.{info.rank}.json"), "w") as f:
+    with atomic_open(os.path.join(out, f"{name}.summary.{info.rank}.json"), "w") as f:
         json.dump(stats, f)
     distributed.barrier(info)
     if info.is_main:
-        meta = {"name": name, "model": model.describe(), "feature_storage": args.feature_storage,
-                "bucketing": not args.no_bucketing, "num_workers": args.num_workers}
-        merge(out, name, info.world, args.text_output, meta)
+        meta = {"name": name, "model": model.describe(), "fingerprint": fingerprint,
+                "feature_storage": args.feature_storage, "bucketing": not args.no_bucketing,
+                "num_workers": args.num_workers}
+        summary = merge(out, name, info.world, args.text_output, meta)
+        from stok.dump.cuts import write_dump_cuts  # lhotse is imported only here
+
+        write_dump_cuts(args, out, name, summary)  # cuts.jsonl.gz beside the scp; adds cuts_written to summary
+        if finish is not None:
+            finish(summary)
     distributed.barrier(info)
     with open(os.path.join(out, f"{name}.summary.json")) as f:
         summary = json.load(f)
@@ -174,5 +208,5 @@ def run_dump(args, build_model: Callable[[torch.device], DumpModel], name: str) 
                  name, summary["entries_in_scp"], os.path.join(out, f"{name}.scp"), summary["failed"],
                  os.path.join(out, "failed.list"), summary["audio_hours_now"], summary["wall_seconds"])
     if args.strict and summary["failed"]:
-        raise SystemExit(f"error: {summary['failed']} utterances failed (--strict); see {out}/failed.list")
+        raise UserError(f"{summary['failed']} utterances failed (--strict); see {out}/failed.list")
     return summary

@@ -27,7 +27,7 @@ def done_keys(out_dir: str, name: str) -> set:
 
 
 def remove_outputs(out_dir: str, name: str) -> None:
-    patterns = [f"{name}.*", "failed.*list"]
+    patterns = [f"{name}.*", "failed.*list", "cuts.jsonl.gz"]  # the cut set points into the arks removed here
     for pat in patterns:
         for p in glob.glob(os.path.join(out_dir, pat)):
             os.remove(p)

@@ -42,6 +42,8 @@ class DumpModel:
     sample_rate: int = 16000
     #: shorter utterances (in samples, after resampling) are written to failed.list as too short
     min_samples: int = 1
+    #: ``encode`` returns float features: ``--feature_storage`` applies, ``--text_output`` does not
+    float_output: bool = False
 
     def prepare(self, wave: torch.Tensor) -> torch.Tensor:
         """Per-utterance preprocessing in a worker process (CPU). Default: the waveform itself."""
@@ -75,3 +77,11 @@ class DumpModel:
     def describe(self) -> dict:
         """Metadata written into the dump's summary JSON (model name, version, frame rate ...)."""
         return {"model": type(self).__name__}
+
+    def fingerprint(self) -> dict:
+        """What decides the values this model writes; recorded with the dump, and a resume with another
+        fingerprint is refused (``stok.dump.fingerprint``). Give the model's identity, checksums of its weights
+        (``stok.dump.fingerprint.file_sha256`` / ``weights_checksum``, cached; ``module_checksum`` for weights not
+        read from a file) and every setting that changes the outputs (version, dtype, layer, n_q ...); leave out
+        what does not (paths, devices, batch sizes). Default: :meth:`describe`."""
+        return self.describe()

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 
+from stok.cli import UserError
 from stok.dump.storage import FEATURE_STORAGES
 
 
@@ -23,6 +25,11 @@ def add_dump_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--overwrite", action="store_true", help="delete earlier output of this dump instead of resuming")
     g.add_argument("--strict", action="store_true", help="exit non-zero if any utterance failed (default: list and go on)")
     g.add_argument("--limit", type=int, default=0, help="process only the first N utterances (by key), for trials")
+    g.add_argument("--manifest_dir", default="",
+                   help="stage 0's lhotse manifests, whose ids, recordings and supervisions the dump's cut set "
+                        "(cuts.jsonl.gz) takes; default: 'manifests' beside the data dir (data/manifests for "
+                        "data/<split>), used when it holds *_cuts_<split>.jsonl.gz; else cuts come from the data dir")
+    g.add_argument("--debug", action="store_true", help="show the traceback of user errors too (or STOK_DEBUG=1)")
 
     b = parser.add_argument_group("batching and execution (dump engine)")
     b.add_argument("--device", default="auto",
@@ -40,17 +47,18 @@ def add_dump_args(parser: argparse.ArgumentParser) -> None:
 
 
 def check_dump_args(args: argparse.Namespace) -> None:
-    """Fail before any work on options that cannot work; messages name the file and the fix."""
+    """Fail before any work on options that cannot work (:class:`UserError`: names the option or file and the fix)."""
     if args.data_dir and not os.path.isfile(os.path.join(args.data_dir, "wav.scp")):
-        raise SystemExit(f"error: {args.data_dir}/wav.scp not found; --data_dir must be a Kaldi data dir (run stage 0)")
+        raise UserError(f"{args.data_dir}/wav.scp not found; --data_dir must be a Kaldi data dir (run stage 0)")
     if args.wav_scp and not os.path.isfile(args.wav_scp):
-        raise SystemExit(f"error: --wav_scp {args.wav_scp} not found")
+        raise UserError(f"--wav_scp {args.wav_scp} not found")
     if args.segments and not args.wav_scp:
-        raise SystemExit("error: --segments goes with --wav_scp (a --data_dir's own segments file is used automatically)")
+        raise UserError("--segments goes with --wav_scp (a --data_dir's own segments file is used automatically)")
     if args.segments and not os.path.isfile(args.segments):
-        raise SystemExit(f"error: --segments {args.segments} not found")
-    for name in ("batch_size", "max_frames", "num_workers", "limit", "threads"):
-        if getattr(args, name) < 0:
-            raise SystemExit(f"error: --{name} must be >= 0")
+        raise UserError(f"--segments {args.segments} not found")
+    for name in ("batch_size", "max_frames", "num_workers", "limit", "threads", "batch_seconds"):
+        value = getattr(args, name)
+        if not (value >= 0 and math.isfinite(value)):
+            raise UserError(f"--{name} {value}: give a number >= 0")
     if args.batch_seconds <= 0 and not args.max_frames and not args.batch_size:
-        raise SystemExit("error: give a batch limit: --batch_size, --max_frames or --batch_seconds")
+        raise UserError("give a batch limit: --batch_size, --max_frames or --batch_seconds")

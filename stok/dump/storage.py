@@ -24,11 +24,13 @@ checks the last recorded record and truncates any partial tail of the ark.
 from __future__ import annotations
 
 import os
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import BinaryIO, Dict, Iterator, List, Optional, Tuple
 
 import kaldiio
 import numpy as np
 from kaldiio.matio import read_kaldi, write_array
+
+from stok.dump.ark_record import COMPRESSED, read_array, split_location
 
 FEATURE_STORAGES = ("float32", "compressed16")
 _FLOAT16_METHOD = 3  # kTwoByteAuto
@@ -172,26 +174,17 @@ def to_codes(array: np.ndarray, where: str = "", compressed: bool = False) -> np
     return codes.astype(np.int64)
 
 
-def _is_compressed(location: str, handles: Dict[str, object]) -> bool:
-    """Whether the ark record at ``path:offset`` is a Kaldi compressed matrix (``CM``, ``CM2``, ``CM3``)."""
-    path, _, offset = location.rpartition(":")
-    if not path or not offset.isdigit():
-        return False
-    fd = handles.get(path)
-    if fd is None:
-        fd = handles[path] = open(path, "rb")
-    fd.seek(int(offset))
-    return fd.read(4) == b"\0BCM"
-
-
 def load_codes(path: str) -> Iterator[Tuple[str, np.ndarray]]:
     """(key, int64 codes) in scp order: ``[T]`` tokens or ``[T, n_q]`` codes, exactly as dumped."""
-    locations = dict(_read_scp_lines(path))
-    handles: Dict[str, object] = {}
+    handles: Dict[str, BinaryIO] = {}
     try:
-        for key, array in kaldiio.load_scp_sequential(path):
-            compressed = array.ndim == 2 and _is_compressed(locations.get(key, ""), handles)
-            yield key, to_codes(array, f"{path}:{key}", compressed)
+        for key, location in _read_scp_lines(path):
+            where = f"{path}:{key}"
+            ark, offset = split_location(location)
+            if ark not in handles:
+                handles[ark] = open(ark, "rb")
+            array, kind = read_array(handles[ark], offset, where)
+            yield key, to_codes(array, where, compressed=kind in COMPRESSED)
     finally:
         for fd in handles.values():
             fd.close()

@@ -22,6 +22,7 @@ from typing import Any, List, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from stok.cli import UserError
 from stok.dump.model_api import DumpModel, TooShort
 from stok.models.frames import HOP, align_teacher, codec_frames
 
@@ -79,7 +80,7 @@ def _options(args: Any, overrides: dict) -> argparse.Namespace:
         raise TypeError(f"build_teacher: args must be a Namespace, a dict or a teacher name, got {type(args).__name__}")
     unknown = set(overrides) - set(opts)
     if unknown:
-        raise TypeError(f"build_teacher: unknown options {sorted(unknown)}; known: {sorted(opts)}")
+        raise UserError(f"unknown teacher option(s) {sorted(unknown)}; known: {', '.join(sorted(opts))}")
     opts.update(overrides)
     return argparse.Namespace(**opts)
 
@@ -89,6 +90,7 @@ class Teacher(DumpModel):
 
     sample_rate = 16000
     min_samples = MIN_SAMPLES
+    float_output = True
     name = "teacher"
     dim = 0
 
@@ -148,6 +150,15 @@ class HubertTeacher(Teacher):
         return {"model": "hubert", "frame_rate": self.sample_rate / HOP, "frames": "ceil(samples/320)",
                 **self.extractor.describe()}
 
+    def fingerprint(self) -> dict:
+        """What a resumed feature dump must share: every setting that changes the features and the checksum of
+        the weights (not their path or the front-end mode, which gives the same features)."""
+        from stok.dump.fingerprint import weights_checksum
+
+        d = self.describe()
+        keep = ("model", "frame_rate", "layer", "num_layers", "dim", "normalize", "max_chunk", "dtype", "architecture")
+        return {**{k: d[k] for k in keep}, "weights_sha256": weights_checksum(self.extractor.loaded.source)}
+
 
 class MfccTeacher(Teacher):
     """MFCCs computed in the DataLoader workers (``prepare``); ``encode`` only unpads them."""
@@ -197,6 +208,11 @@ class MfccTeacher(Teacher):
                 "frames": "ceil(samples/320)", "recipe": "kaldi mfcc 13 + deltas + delta-deltas (fairseq, but 50 Hz)"}
 
 
+def _check_choice(name: str, value: Any, choices: Sequence) -> None:
+    if value not in choices:
+        raise UserError(f"--{name} {value!r} is not one of {', '.join(str(c) for c in choices if c is not None)}")
+
+
 def build_teacher(args: Any = None, device: Union[str, torch.device, None] = "cpu", **overrides) -> Teacher:
     """A :class:`Teacher` on ``device`` from parsed options (see :func:`add_teacher_args`), a dict, or a name + kwargs."""
     opts = _options(args, overrides)
@@ -204,19 +220,23 @@ def build_teacher(args: Any = None, device: Union[str, torch.device, None] = "cp
     if opts.teacher == "mfcc":
         return MfccTeacher(device)
     if opts.teacher != "hubert":
-        raise ValueError(f"unknown teacher {opts.teacher!r}; choose from {TEACHERS}")
+        raise UserError(f"unknown teacher {opts.teacher!r}; choose from {', '.join(TEACHERS)}")
     if not opts.checkpoint:
-        raise SystemExit("error: --teacher hubert needs --checkpoint (a fairseq .pt such as hubert_base_ls960.pt, "
+        raise UserError("--teacher hubert needs --checkpoint (a fairseq .pt such as hubert_base_ls960.pt, "
                          "a Hugging Face dir, a torchaudio state dict, or a bundle name like HUBERT_BASE)")
     from stok.models.hubert import load_hubert
     from stok.models.hubert.configs import describe_config
     from stok.models.hubert.extract import HubertExtractor
 
+    if opts.max_chunk_seconds < 0:
+        raise UserError(f"--max_chunk_seconds must be >= 0 (0: whole files), got {opts.max_chunk_seconds}")
     loaded = load_hubert(opts.checkpoint, opts.checkpoint_format, opts.hubert_config)
+    _check_choice("normalize_waveform", str(opts.normalize_waveform).lower() if isinstance(
+        opts.normalize_waveform, str) else opts.normalize_waveform, ("auto", "true", "false", True, False, None))
+    _check_choice("dtype", opts.dtype, ("float32", "float16", "bfloat16", "fp32", "fp16", "bf16"))
+    _check_choice("frontend", opts.frontend, ("auto", "per_item", "batched"))
     normalize = {"auto": None, "true": True, "false": False}[str(opts.normalize_waveform).lower()] \
         if isinstance(opts.normalize_waveform, str) else opts.normalize_waveform
-    if opts.max_chunk_seconds < 0:
-        raise ValueError("--max_chunk_seconds must be >= 0")
     ext = HubertExtractor(loaded, layer=opts.layer, normalize=normalize,
                           max_chunk=int(round(opts.max_chunk_seconds * 16000)), dtype=opts.dtype,
                           frontend=opts.frontend)

@@ -19,13 +19,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 import yaml
 
+from stok.cli import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A bad training configuration; the message names the key."""
 
 
@@ -75,6 +78,9 @@ class DiscConfig:
     mstft_n_ffts: List[int] = field(default_factory=lambda: [1024, 2048, 512, 256, 128])
     mstft_hops: Optional[List[int]] = None  # None: n_fft // 4
     width: float = 1.0  # scales MPD/MSD channel counts (1.0: the released 32..1024); small values for tiny runs
+    # the discriminators train, and the adversarial and feature-matching losses count, from this step on; before it
+    # the generator learns from mel + time L1 + commitment + distillation alone (0: from the first step, as released)
+    start_step: int = 0
 
     def check(self) -> None:
         if not (self.mpd or self.msd or self.mstft):
@@ -83,6 +89,8 @@ class DiscConfig:
             raise ConfigError("disc.mstft_hops must have one hop per n_fft")
         if not 0 < self.width <= 4:
             raise ConfigError("disc.width must be in (0, 4]")
+        if self.start_step < 0:
+            raise ConfigError("disc.start_step must be >= 0")
 
 
 @dataclass
@@ -207,7 +215,7 @@ class TrainConfig:
 
         try:
             return SpeechTokenizerConfig(**self.model)
-        except TypeError as e:
+        except (TypeError, ValueError) as e:
             raise ConfigError(f"model: {e}") from e
 
     def to_dict(self) -> Dict[str, Any]:
@@ -277,15 +285,39 @@ def apply_overrides(d: Dict[str, Any], overrides: List[str]) -> Dict[str, Any]:
         d.setdefault(section, {})
         if d[section] is None:
             d[section] = {}
-        d[section][key] = yaml.safe_load(value)
+        if not isinstance(d[section], dict):
+            raise ConfigError(f"--set {item}: section {section} is not a mapping in the config")
+        try:
+            d[section][key] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ConfigError(f"--set {item}: the value {value!r} is not valid YAML (quote it)") from None
     return d
+
+
+def _read_yaml(path: str) -> Any:
+    """The YAML document of ``path``; a missing, unreadable or malformed file names itself (and the line)."""
+    if os.path.isdir(path):
+        raise ConfigError(f"--config {path} is a directory; give the training YAML file (e.g. conf/train.yaml)")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return yaml.safe_load(f) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"--config {path} not found (a recipe keeps it in conf/train.yaml)") from None
+    except OSError as e:
+        raise ConfigError(f"--config {path}: cannot be read ({e.strerror or e})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"--config {path} is not a text (YAML) file") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else path
+        what = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{where}: not valid YAML ({what}); fix the file") from None
 
 
 def load_config(path: Optional[str], overrides: Optional[List[str]] = None) -> TrainConfig:
     raw: Dict[str, Any] = {}
     if path:
-        with open(path) as f:
-            raw = yaml.safe_load(f) or {}
+        raw = _read_yaml(path)
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
     try:

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from stok.cli import UserError
 from stok.data.audio import AudioError, load_audio
 from stok.data.kaldi_dir import Utterance, read_kaldi_dir
 from stok.models.frames import codec_frames, crop_teacher
@@ -39,7 +40,7 @@ from stok.models.frames import codec_frames, crop_teacher
 log = logging.getLogger("stok.train")
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Training data that cannot be used as given (the message says why and what to do)."""
 
 
@@ -48,19 +49,26 @@ def load_teacher_table(scp: Optional[str]):
     if not scp:
         return None
     if not os.path.isfile(scp):
-        raise DataError(f"teacher scp not found: {scp}")
+        raise DataError(f"teacher scp {scp} not found (stage 1 writes dump/<teacher>/<split>/feats.scp, stage 2 "
+                        "dump/km<K>/<split>/km_labels.scp)")
     import kaldiio
 
     return kaldiio.load_scp(scp)
 
 
 def _scp_keys(scp: str) -> set:
+    """Keys of a teacher scp; a line without a location, or a file that is not text, names the scp and line."""
     keys = set()
-    with open(scp, encoding="utf-8") as f:
-        for line in f:
-            parts = line.split(maxsplit=1)
-            if parts:
-                keys.add(parts[0])
+    try:
+        with open(scp, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                parts = line.split(maxsplit=1)
+                if len(parts) == 1:
+                    raise DataError(f"{scp}:{n}: expected 'utt location', got {line.strip()!r}")
+                if parts:
+                    keys.add(parts[0])
+    except UnicodeDecodeError:
+        raise DataError(f"{scp} is not a text scp (an .ark given instead of its .scp?)") from None
     return keys
 
 
@@ -69,6 +77,9 @@ def read_utterances(data_dir: str, teacher_scp: Optional[str] = None, min_second
     """Utterances of a data dir that have a teacher entry (when a scp is given) and are long enough."""
     utts = read_kaldi_dir(data_dir).utterances()
     if teacher_scp:
+        if not os.path.isfile(teacher_scp):
+            raise DataError(f"{what} teacher scp {teacher_scp} not found (stage 1 writes "
+                            "dump/<teacher>/<split>/feats.scp, stage 2 dump/km<K>/<split>/km_labels.scp)")
         keys = _scp_keys(teacher_scp)
         missing = [u.utt_id for u in utts if u.utt_id not in keys]
         if missing:

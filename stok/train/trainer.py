@@ -33,12 +33,14 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from stok.cli import UserError
 from stok.train import losses as L
 from stok.train.checkpoint import CheckpointManager, get_rng_state, load_checkpoint, set_rng_state
 from stok.train.config import TrainConfig
 from stok.train.data import (Batch, CropDataset, DevDataset, ShardedBatchSampler, collate, holdout_split,
                              make_train_loader, read_utterances)
 from stok.train.discriminators import Discriminators
+from stok.train.preflight import check_exp_dir, check_teacher, tidy_logs
 
 log = logging.getLogger("stok.train")
 
@@ -109,7 +111,8 @@ class Trainer:
         self.dist = dist_info or DistInfo()
         self.device = self.dist.device
         self.show_progress = show_progress and self.dist.is_main
-        os.makedirs(paths.exp_dir, exist_ok=True)
+        # every check (exp dir, resume config, data, model, teacher) passes before anything is written
+        check_exp_dir(paths.exp_dir, cfg.to_dict(), resume)
         self.sr, self.hop = cfg.data.sample_rate, cfg.data.hop
 
         torch.manual_seed(cfg.sched.seed)
@@ -135,6 +138,7 @@ class Trainer:
             from stok.train.online_teacher import OnlineTeacher
 
             self.online_teacher = OnlineTeacher(cfg.teacher, self.sr, self.hop, self.device)
+        check_teacher(self, n_units)
 
         # optimisation
         o = cfg.optim
@@ -183,12 +187,14 @@ class Trainer:
         self.nan_skips = 0
         self.amp_overflows = 0
         self.audio_seconds = 0.0
+        os.makedirs(paths.exp_dir, exist_ok=True)
         self.ckpt = CheckpointManager(os.path.join(paths.exp_dir, "checkpoints"), cfg.sched.keep_last,
                                       cfg.sched.keep_best)
         self.writer = None
         self._logged_gt = False
-        if resume:
-            self.resume()
+        resumed = self.resume() if resume else False
+        if self.dist.is_main:
+            tidy_logs(paths.exp_dir, self.step if resumed else None)
         self.sampler.start = self.position
         if self.dist.is_main:
             cfg.to_yaml(os.path.join(paths.exp_dir, "train_config.yaml"))
@@ -198,15 +204,15 @@ class Trainer:
         cfg, p = self.cfg, self.paths
         teacher_scp = p.teacher_scp if cfg.teacher.source != "online" else None
         if cfg.teacher.source != "online" and not teacher_scp:
-            raise SystemExit("error: --teacher_scp is required (stage 1 features or stage 2 labels), "
-                             "or set teacher.source: online in the config")
+            raise UserError("--teacher_scp is required (stage 1 features or stage 2 labels), "
+                            "or set teacher.source: online in the config")
         utts = read_utterances(p.data_dir, teacher_scp, cfg.data.min_seconds, "train")
         dev_utts: List = []
         dev_scp = None
         if p.dev_dir:
             dev_scp = p.dev_teacher_scp if cfg.teacher.source != "online" else None
             if cfg.teacher.source != "online" and not dev_scp:
-                raise SystemExit("error: --dev_dir needs --dev_teacher_scp (or an online teacher)")
+                raise UserError("--dev_dir needs --dev_teacher_scp (or an online teacher)")
             dev_utts = read_utterances(p.dev_dir, dev_scp, 0.0, "dev")
         elif cfg.data.dev_holdout:
             utts, dev_utts = holdout_split(utts, cfg.data.dev_holdout, cfg.sched.seed)
@@ -343,6 +349,31 @@ class Trainer:
         for eb, lb in zip(self.ema.buffers(), live.buffers()):
             eb.copy_(lb)
 
+    def _disc_for_generator(self, wav: torch.Tensor, recon: torch.Tensor):
+        """The generator update's discriminator pass: (fake logits, real feature maps, fake feature maps).
+
+        The discriminators are frozen and called unwrapped (no gradient computed or reduced for them). The fake
+        half runs first, in training mode (a spectral-norm power iteration, as one call on the whole batch
+        would do); the real half needs no gradient at all, so it runs after it under ``no_grad`` in eval mode
+        (the weights just computed, no second power iteration). The backward pass then goes through the fake
+        half only: half the discriminator work of one call on ``cat([real, fake])``, same values.
+        """
+        for p in self.disc.parameters():
+            p.requires_grad_(False)
+        try:
+            with self._autocast():
+                fake, fm_fake = self.disc(recon)
+            self.disc.eval()
+            try:
+                with torch.no_grad(), self._autocast():
+                    _, fm_real = self.disc(wav)
+            finally:
+                self.disc.train()
+        finally:
+            for p in self.disc.parameters():
+                p.requires_grad_(True)
+        return fake, fm_real, fm_fake
+
     # ------------------------------------------------------------------ one step
     def train_step(self, batch: Batch) -> Optional[Dict[str, float]]:
         """One G+D update; returns the logged values, or None when the step was skipped (non-finite)."""
@@ -365,40 +396,37 @@ class Trainer:
             recon = nn.functional.pad(recon, (0, T - recon.shape[-1]))
         recon = recon.float() * smask
 
-        # discriminator update
-        with self._autocast():
-            logits, _ = self.disc_ddp(torch.cat([wav, recon.detach()], 0))
-        B = wav.shape[0]
-        d_loss, d_parts = L.discriminator_loss([x[:B] for x in logits], [x[B:] for x in logits], lc.adv_type)
-        if not self._all_finite(d_loss, recon):
-            return self._skip(saved, "discriminator loss / generator output")
-        self.opt_d.zero_grad(set_to_none=True)
-        self.scaler_d.scale(d_loss).backward()
-        gnorm_d = self._clip(self.disc.parameters(), self.scaler_d, self.opt_d)
-        if not self._all_finite(gnorm_d):
-            self.opt_d.zero_grad(set_to_none=True)
-            return self._skip(saved, "discriminator gradients", scaler=self.scaler_d)
-        self._step_d()  # as released: the generator update below sees the updated discriminators
-
-        # generator update (discriminators frozen, unwrapped: no gradient computed or reduced for them)
-        for p in self.disc.parameters():
-            p.requires_grad_(False)
-        try:
+        adversarial = self.step >= self.cfg.disc.start_step
+        zero = torch.zeros((), device=self.device)
+        d_loss, d_parts, gnorm_d = zero, [zero] * len(self.disc.names()), zero
+        if adversarial:
+            # discriminator update
             with self._autocast():
-                logits, fmaps = self.disc(torch.cat([wav, recon], 0))
-        finally:
-            for p in self.disc.parameters():
-                p.requires_grad_(True)
-        fake = [x[B:] for x in logits]
-        fm_real = [[f[:B] for f in fm] for fm in fmaps]
-        fm_fake = [[f[B:] for f in fm] for fm in fmaps]
+                logits, _ = self.disc_ddp(torch.cat([wav, recon.detach()], 0))
+            B = wav.shape[0]
+            d_loss, d_parts = L.discriminator_loss([x[:B] for x in logits], [x[B:] for x in logits], lc.adv_type)
+            if not self._all_finite(d_loss, recon):
+                return self._skip(saved, "discriminator loss / generator output")
+            self.opt_d.zero_grad(set_to_none=True)
+            self.scaler_d.scale(d_loss).backward()
+            gnorm_d = self._clip(self.disc.parameters(), self.scaler_d, self.opt_d)
+            if not self._all_finite(gnorm_d):
+                self.opt_d.zero_grad(set_to_none=True)
+                return self._skip(saved, "discriminator gradients", scaler=self.scaler_d)
+            self._step_d()  # as released: the generator update below sees the updated discriminators
+        elif not self._all_finite(recon):
+            return self._skip(saved, "generator output")
+
         fmask = L.frame_mask(lengths, out["semantic"].shape[1], self.hop)
         mel_total, mel_parts = self.mel(wav.squeeze(1), recon.squeeze(1), lengths)
         rec = L.recon_l1(wav.squeeze(1), recon.squeeze(1), smask.squeeze(1))
         commit = out["commit"].float().mean()
         distill = self._distill(out["semantic"], out["logits"], teacher, fmask)
-        adv = L.generator_adv_loss(fake, lc.adv_type)
-        feat = L.feature_matching(fm_real, fm_fake, lc.feat_norm)
+        adv, feat = zero, zero
+        if adversarial:
+            fake, fm_real, fm_fake = self._disc_for_generator(wav, recon)
+            adv = L.generator_adv_loss(fake, lc.adv_type)
+            feat = L.feature_matching(fm_real, fm_fake, lc.feat_norm)
         g_loss = (mel_total + lc.recon_lambda * rec + lc.commit_lambda * commit + lc.distill_lambda * distill
                   + lc.adv_lambda * adv + lc.feat_lambda * feat)
         if not self._all_finite(g_loss):

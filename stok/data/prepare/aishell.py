@@ -16,7 +16,8 @@ from __future__ import annotations
 import logging
 from typing import List
 
-from stok.data.prepare.common import add_lhotse_arguments, drop_cached, finish, manifest_dir_of, require_corpus_dir
+from stok.data.prepare.common import (add_lhotse_arguments, check_combine, drop_cached, finish, manifest_dir_of,
+                                      require_corpus_dir)
 from stok.data.prepare.manifests import PrepareError, SplitSummary
 
 log = logging.getLogger("stok.prepare")
@@ -49,6 +50,7 @@ def run(args) -> List[SplitSummary]:
     missing = [s for s in splits if not (corpus / "data_aishell" / "wav" / s).is_dir()]
     if missing or not splits:
         raise PrepareError(f"aishell: no wav dir for {missing or list(SPLITS)} under {corpus}/data_aishell/wav. {HINT}")
+    check_combine(args, PREFIX, splits)
     manifest_dir = manifest_dir_of(args)
     # prepare_aishell has no cache: it rescans every time, so --force only matters for our own files
     if args.force:

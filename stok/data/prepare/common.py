@@ -57,6 +57,19 @@ def require_corpus_dir(corpus_dir: Optional[str], name: str, hint: str) -> Path:
     return path
 
 
+def check_combine(args, prefix: str, splits: Sequence[str]) -> None:
+    """Every part of ``--combine`` is prepared now or has its manifests from an earlier run (checked before work)."""
+    manifest_dir = manifest_dir_of(args)
+    for name, parts in parse_combine(getattr(args, "combine", None)):
+        if name in splits:
+            raise PrepareError(f"--combine {name}=...: {name} is also a split being prepared; name the combination "
+                               "differently")
+        lost = [p for p in parts if p not in splits and not manifest_paths(manifest_dir, prefix, p)["recordings"].exists()]
+        if lost:
+            raise PrepareError(f"--combine {name}=...: parts {lost} are neither among the splits prepared now "
+                               f"({', '.join(splits)}) nor prepared before in {manifest_dir}; add them to --splits")
+
+
 def drop_cached(manifest_dir: str, prefix: str, parts: Iterable[str]) -> None:
     for part in parts:
         for p in manifest_paths(manifest_dir, prefix, part).values():

@@ -271,18 +271,34 @@ def split_dev(recordings: RecordingSet, supervisions: SupervisionSet, args) -> D
     return out
 
 
-def run(args) -> List[SplitSummary]:
+def check_args(args) -> None:
+    """The options, before anything is read."""
     given = [x for x in (args.audio_dir, args.wav_scp, args.data_dir) if x]
     if len(given) != 1:
         raise PrepareError("folder: give exactly one of --audio_dir (or --corpus_dir), --wav_scp, --data_dir")
     if args.segments and not args.wav_scp:
         raise PrepareError("folder: --segments goes with --wav_scp (a --data_dir brings its own segments file)")
+    for name in ("audio_dir", "data_dir"):
+        path = getattr(args, name)
+        if path and not os.path.isdir(path):
+            raise PrepareError(f"folder: --{name} {path} is not a directory")
+    for name in ("wav_scp", "segments", "utt2spk", "text"):
+        path = getattr(args, name)
+        if path and not os.path.isfile(path):
+            raise PrepareError(f"folder: --{name} {path} not found")
+    if args.train_name == args.dev_name:
+        raise PrepareError("--train_name and --dev_name must differ")
+    if args.dev_fraction < 0 or args.dev_fraction >= 1 or args.dev_count < 0:
+        raise PrepareError(f"--dev_fraction must be in [0, 1) and --dev_count >= 0, got {args.dev_fraction} and "
+                           f"{args.dev_count}")
+
+
+def run(args) -> List[SplitSummary]:
+    check_args(args)
     if args.audio_dir:
         recs, sups, wav_scp = from_audio_dir(args)
     else:
         recs, sups, wav_scp = from_wav_scp(args)
-    if args.train_name == args.dev_name:
-        raise PrepareError("--train_name and --dev_name must differ")
     summaries = []
     for name, (r, s) in split_dev(recs, sups, args).items():
         summaries.append(write_split(args.output_dir, name, r, s, manifest_dir=manifest_dir_of(args),

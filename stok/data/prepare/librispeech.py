@@ -18,7 +18,8 @@ import logging
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from stok.data.prepare.common import add_lhotse_arguments, drop_cached, finish, manifest_dir_of, require_corpus_dir
+from stok.data.prepare.common import (add_lhotse_arguments, check_combine, drop_cached, finish, manifest_dir_of,
+                                      require_corpus_dir)
 from stok.data.prepare.manifests import PrepareError, SplitSummary
 
 log = logging.getLogger("stok.prepare")
@@ -52,9 +53,9 @@ def add_arguments(p) -> None:
 def prepare(corpus_dir: Optional[str], args, name: str = "librispeech", hint: str = HINT) -> List[SplitSummary]:
     """lhotse writes ``librispeech_{recordings,supervisions}_<split>.jsonl.gz``; we sort them and add the cuts."""
     prefix = PREFIX
-    from lhotse.recipes import download_librispeech, prepare_librispeech
-
     if getattr(args, "download", False):
+        from lhotse.recipes import download_librispeech
+
         parts = args.splits or "mini_librispeech"
         log.info("downloading LibriSpeech parts %s into %s", parts, args.download_dir)
         corpus_dir = str(download_librispeech(target_dir=args.download_dir, dataset_parts=parts))
@@ -65,10 +66,13 @@ def prepare(corpus_dir: Optional[str], args, name: str = "librispeech", hint: st
     missing = [s for s in splits if not (corpus / s).is_dir()]
     if missing:
         raise PrepareError(f"{name}: split dirs {missing} not found in {corpus} (found: {find_splits(corpus)}). {hint}")
+    check_combine(args, prefix, splits)
     manifest_dir = manifest_dir_of(args)
     if args.force:
         drop_cached(manifest_dir, prefix, splits)
     log.info("%s: preparing %s from %s", name, list(splits), corpus)
+    from lhotse.recipes import prepare_librispeech  # after the checks: importing lhotse takes seconds
+
     manifests = prepare_librispeech(corpus, dataset_parts=list(splits), output_dir=manifest_dir,
                                     normalize_text=getattr(args, "normalize_text", "none"),
                                     num_jobs=max(1, args.num_jobs))

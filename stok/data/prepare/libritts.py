@@ -19,7 +19,8 @@ from __future__ import annotations
 import logging
 from typing import List
 
-from stok.data.prepare.common import add_lhotse_arguments, drop_cached, finish, manifest_dir_of, require_corpus_dir
+from stok.data.prepare.common import (add_lhotse_arguments, check_combine, drop_cached, finish, manifest_dir_of,
+                                      require_corpus_dir)
 from stok.data.prepare.manifests import PrepareError, SplitSummary
 
 log = logging.getLogger("stok.prepare")
@@ -55,6 +56,7 @@ def run(args) -> List[SplitSummary]:
     missing = [s for s in splits if not (corpus / s).is_dir()]
     if missing:
         raise PrepareError(f"libritts: split dirs {missing} not found in {corpus}. {HINT}")
+    check_combine(args, PREFIX, splits)
     manifest_dir = manifest_dir_of(args)
     if args.force:
         drop_cached(manifest_dir, PREFIX, splits)

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Sequence, Tuple
 
+from stok.cli import UserError
 from stok.data.kaldi_dir import KaldiDir, read_kaldi_dir, sort_keys, write_kaldi_dir
 
 if TYPE_CHECKING:  # lhotse (and torch under it) is imported when needed, so that --help stays fast
@@ -43,7 +44,7 @@ _WS = re.compile(r"\s+")
 TOLERANCE = 1e-3  # seconds: a supervision this close to the recording's ends spans it
 
 
-class PrepareError(RuntimeError):
+class PrepareError(UserError, RuntimeError):
     """A corpus that cannot be prepared; the message says what is wrong and where."""
 
 

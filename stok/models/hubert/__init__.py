@@ -60,7 +60,8 @@ def load_hubert(path: str, fmt: str = "auto", preset: Optional[str] = None) -> L
 
         return load_bundle(path)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"HuBERT checkpoint not found: {path}")
+        raise ConfigError(f"HuBERT checkpoint {path} not found; give a fairseq .pt, a Hugging Face dir, a torchaudio "
+                          "state dict or a torchaudio bundle name such as HUBERT_BASE")
     if fmt == "hf" or (fmt == "auto" and os.path.isdir(path)):
         from stok.models.hubert.load_hf import load_hf
 

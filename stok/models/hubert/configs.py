@@ -23,6 +23,8 @@ from typing import Dict, List, Mapping, Optional, Tuple
 import torch
 import torchaudio
 
+from stok.cli import UserError
+
 log = logging.getLogger("stok.hubert")
 #: fairseq's default ``conv_feature_layers``: (channels, kernel, stride); total stride 320, receptive field 400
 DEFAULT_CONV: List[Tuple[int, int, int]] = [(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512, 2, 2)] * 2
@@ -46,8 +48,9 @@ NORMALIZE = {"base": False, "large": True, "xlarge": True}
 CONFIG_NAMES = tuple(CONFIGS)
 
 
-class ConfigError(ValueError):
-    """A checkpoint whose architecture cannot be determined or does not match the given config."""
+class ConfigError(UserError, ValueError):
+    """A checkpoint that cannot be used as given (unreadable, incomplete, or not matching its config); the
+    message names the file and what to do, and the tools print it as one line."""
 
 
 def get_config(name: str, **overrides) -> dict:
@@ -131,6 +134,36 @@ def _count(sd: Mapping, pattern: str) -> int:
     return len(idx)
 
 
+_LAYER_KEY = re.compile(r"^encoder\.transformer\.layers\.(\d+)\.")
+
+
+def _layer_indices(sd: Mapping) -> set:
+    return {int(m.group(1)) for k in sd for m in [_LAYER_KEY.match(k)] if m}
+
+
+def _check_layers(sd: Mapping, present: set, expected: Optional[int], source: str, where: str,
+                  wrapped_hint: bool = False) -> None:
+    """Raise :class:`ConfigError` naming the missing (or extra) transformer-layer tensors: a file missing its
+    last layer must not load as a shallower model."""
+    want = set(range(expected)) if expected is not None else set(range(max(present) + 1))
+    missing, extra = sorted(want - present), sorted(present - want)
+    hint = (" (a model that really has other layers needs its config saved with it: "
+            "torch.save({'config': <wav2vec2_model kwargs>, 'state_dict': ...}))") if wrapped_hint else ""
+    if missing:
+        ref = f"encoder.transformer.layers.{min(present)}."
+        template = sorted(k[len(ref):] for k in sd if k.startswith(ref))
+        keys = [f"encoder.transformer.layers.{i}.{t}" for i in missing for t in template]
+        says = f"{source} has {expected} layers" if expected is not None else f"layer {max(present)} is there"
+        raise ConfigError(f"{where}: transformer layer(s) {', '.join(map(str, missing))} (0-based) missing, {says}: "
+                          f"{len(keys)} tensors such as {', '.join(keys[:3])} (torchaudio names); the file is "
+                          f"incomplete or badly converted: get it again{hint}")
+    if extra:
+        keys = sorted(k for k in sd if _LAYER_KEY.match(k) and int(_LAYER_KEY.match(k).group(1)) in extra)
+        raise ConfigError(f"{where}: transformer layer(s) {', '.join(map(str, extra))} (0-based) beyond the "
+                          f"{expected} {source} has: unexpected tensors such as {', '.join(keys[:3])}; "
+                          f"the weights do not belong to this config{hint}")
+
+
 def infer_config(sd: Mapping[str, torch.Tensor], known: Optional[Mapping] = None,
                  preset: Optional[str] = None, where: str = "checkpoint") -> dict:
     """The full config of a state dict in torchaudio names.
@@ -152,10 +185,9 @@ def infer_config(sd: Mapping[str, torch.Tensor], known: Optional[Mapping] = None
     else:
         raise ConfigError(f"{where}: the conv front end has no normalisation weights; not a HuBERT/wav2vec2 model")
     embed, in_feat = sd["encoder.feature_projection.projection.weight"].shape
-    n_layers = _count(sd, r"encoder\.transformer\.layers\.(\d+)\.attention\.q_proj\.weight$")
-    if not n_layers:
+    layers = _layer_indices(sd)
+    if not layers:
         raise ConfigError(f"{where}: no transformer layers found")
-    ffn = sd["encoder.transformer.layers.0.feed_forward.intermediate_dense.weight"].shape[0]
     v = sd.get(POS_V_NEW, sd.get(POS_V_OLD, sd.get(TA_POS_CONV + "weight")))
     if v is None:
         raise ConfigError(f"{where}: no positional convolution weights found")
@@ -166,6 +198,20 @@ def infer_config(sd: Mapping[str, torch.Tensor], known: Optional[Mapping] = None
     if preset and base["encoder_embed_dim"] != embed:
         raise ConfigError(f"{where}: --hubert_config {preset} is {base['encoder_embed_dim']} wide, "
                           f"but the weights are {embed} wide; use --hubert_config {preset_for_width(int(embed)) or 'auto'}")
+
+    if known.get("encoder_num_layers") is not None:
+        _check_layers(sd, layers, int(known["encoder_num_layers"]), "its own config", where)
+    elif base is not None:
+        _check_layers(sd, layers, base["encoder_num_layers"], f"HuBERT {name} (the preset {embed} wide)", where,
+                      wrapped_hint=True)
+    else:
+        _check_layers(sd, layers, None, "", where)
+    n_layers = max(layers) + 1
+    ffn_key = f"encoder.transformer.layers.{min(layers)}.feed_forward.intermediate_dense.weight"
+    if ffn_key not in sd:
+        raise ConfigError(f"{where}: tensor {ffn_key} (torchaudio name) is missing; the file is incomplete or badly "
+                          "converted: get it again")
+    ffn = sd[ffn_key].shape[0]
 
     # conv strides cannot be read from shapes: the checkpoint's config, else fairseq's default if kernels match
     conv = known.get("extractor_conv_layer_config")
@@ -221,6 +267,12 @@ def load_into(cfg: Mapping, sd: Dict[str, torch.Tensor], where: str = "checkpoin
     """Build ``cfg`` and load ``sd`` (torchaudio names) strictly: a missing or unexpected tensor is an error."""
     model = build_model(cfg)
     sd = normalize_weight_norm_keys(sd)
+    want = model.state_dict()
+    wrong = [f"{k} {tuple(v.shape)} (the model wants {tuple(want[k].shape)})" for k, v in sd.items()
+             if k in want and tuple(v.shape) != tuple(want[k].shape)]
+    if wrong:
+        raise ConfigError(f"{where}: tensors of the wrong shape for the model ({describe_config(cfg)}): "
+                          f"{'; '.join(wrong[:3])}{' ...' if len(wrong) > 3 else ''}")
     missing, unexpected = model.load_state_dict(sd, strict=False)
     if missing or unexpected:
         raise ConfigError(f"{where}: weights do not fit the model ({describe_config(cfg)}): "

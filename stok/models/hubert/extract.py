@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 
 from stok.models.hubert import LoadedHubert
+from stok.models.hubert.configs import ConfigError
 
 RECEPTIVE_FIELD = 400
 HOP = 320
@@ -62,9 +63,9 @@ def parse_layer(layer: Union[int, str], num_layers: int) -> Union[int, str]:
         try:
             layer = int(layer)
         except ValueError:
-            raise ValueError(f"--layer must be a number (1-based) or avg, got {layer!r}") from None
+            raise ConfigError(f"--layer must be a number (1-based) or avg, got {layer!r}") from None
     if not 1 <= int(layer) <= num_layers:
-        raise ValueError(f"--layer {layer} is out of range: this model has layers 1..{num_layers} (or avg)")
+        raise ConfigError(f"--layer {layer} is out of range: this model has layers 1..{num_layers} (or avg)")
     return int(layer)
 
 
@@ -115,7 +116,7 @@ class HubertExtractor:
         self.normalize = bool(normalize)
         self.max_chunk = int(max_chunk)
         if self.max_chunk and self.max_chunk < 2 * RECEPTIVE_FIELD:
-            raise ValueError(f"max_chunk must be 0 (whole files) or at least {2 * RECEPTIVE_FIELD} samples")
+            raise ConfigError(f"max_chunk must be 0 (whole files) or at least {2 * RECEPTIVE_FIELD} samples")
         self.dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
         if frontend not in ("auto", "per_item", "batched"):
             raise ValueError("frontend must be auto, per_item or batched")

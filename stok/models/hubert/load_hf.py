@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from stok.models.hubert.configs import ConfigError
+from stok.models.hubert.file_checks import read_json
 
 _HEADS = re.compile(r"^(lm_head|projector|classifier|layer_weights|masked_spec_embed|dropout)(\.|$)")
 
@@ -35,12 +36,15 @@ _ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, 
 
 def read_safetensors(path: str) -> Dict[str, torch.Tensor]:
     """All tensors of a ``.safetensors`` file (the ``safetensors`` package if installed, else a built-in reader)."""
+    from stok.models.hubert.file_checks import check_safetensors, read_torch_file
+
+    check_safetensors(path)  # a cut or damaged file: one line naming it, before any tensor is read
     try:
         from safetensors.torch import load_file
     except ImportError:
         load_file = None
     if load_file is not None:
-        return load_file(path, device="cpu")
+        return read_torch_file(path, lambda p: load_file(p, device="cpu"), "safetensors file")
     with open(path, "rb") as f:
         n = int.from_bytes(f.read(8), "little")
         if n <= 0 or n > 100_000_000:
@@ -68,20 +72,34 @@ def _read_weights(d: str) -> Dict[str, torch.Tensor]:
     for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
         p = os.path.join(d, index)
         if os.path.isfile(p):
-            with open(p) as f:
-                files = sorted(set(json.load(f)["weight_map"].values()))
+            weight_map = read_json(p, "weights index").get("weight_map")
+            if not isinstance(weight_map, dict) or not weight_map:
+                raise ConfigError(f"{p}: no 'weight_map' naming the weight shards; restore it from the model's download")
+            files = sorted(set(map(str, weight_map.values())))
             sd: Dict[str, torch.Tensor] = {}
             for name in files:
                 fp = os.path.join(d, name)
-                sd.update(read_safetensors(fp) if name.endswith(".safetensors")
-                          else torch.load(fp, map_location="cpu", weights_only=True))
+                if not os.path.isfile(fp):
+                    raise ConfigError(f"{fp}: weight shard listed in {p} not found; download it too")
+                sd.update(read_safetensors(fp) if name.endswith(".safetensors") else _read_bin(fp))
             return sd
     st, pt = os.path.join(d, "model.safetensors"), os.path.join(d, "pytorch_model.bin")
     if os.path.isfile(st):
         return read_safetensors(st)
     if os.path.isfile(pt):
-        return torch.load(pt, map_location="cpu", weights_only=True)
-    raise ConfigError(f"{d}: no model.safetensors or pytorch_model.bin")
+        return _read_bin(pt)
+    raise ConfigError(f"{d}: no model.safetensors or pytorch_model.bin; a Hugging Face model directory holds "
+                      "config.json and the weights")
+
+
+def _read_bin(path: str) -> Dict[str, torch.Tensor]:
+    """A ``pytorch_model.bin`` (plain state dict, ``weights_only``); a damaged file is one line naming it."""
+    from stok.models.hubert.file_checks import read_torch_file
+
+    sd = read_torch_file(path, lambda p: torch.load(p, map_location="cpu", weights_only=True))
+    if not isinstance(sd, dict) or not all(torch.is_tensor(v) for v in sd.values()):
+        raise ConfigError(f"{path}: not a state dict of tensors ({type(sd).__name__})")
+    return sd
 
 
 def hf_to_torchaudio(sd: Mapping[str, torch.Tensor], where: str = "checkpoint") -> Dict[str, torch.Tensor]:
@@ -146,14 +164,12 @@ def load_hf(path: str, preset: Optional[str] = None):
     cfg_path = os.path.join(path, "config.json")
     if not os.path.isfile(cfg_path):
         raise ConfigError(f"{path}: no config.json; a Hugging Face model directory holds config.json and the weights")
-    with open(cfg_path) as f:
-        hf_cfg = json.load(f)
-    known = config_from_hf(hf_cfg, path)
+    hf_cfg = read_json(cfg_path, "model config")
+    known = config_from_hf(hf_cfg, cfg_path)
     normalize = None
     pp = os.path.join(path, "preprocessor_config.json")
     if os.path.isfile(pp):
-        with open(pp) as f:
-            normalize = json.load(f).get("do_normalize")
+        normalize = read_json(pp, "preprocessor config").get("do_normalize")
     sd = hf_to_torchaudio(_read_weights(path), path)
     cfg = infer_config(sd, known, preset, path)
     model = load_into(cfg, sd, path)

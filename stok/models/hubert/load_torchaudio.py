@@ -62,7 +62,9 @@ def from_state_dict(sd: Mapping[str, torch.Tensor], where: str, preset: Optional
 
 
 def load_torchaudio(path: str, preset: Optional[str] = None):
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    from stok.models.hubert.file_checks import read_torch_file
+
+    obj = read_torch_file(path, lambda p: torch.load(p, map_location="cpu", weights_only=True))
     sd, cfg = unwrap_state_dict(obj, path)
     return from_state_dict(sd, path, preset, cfg)
 

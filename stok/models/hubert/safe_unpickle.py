@@ -36,7 +36,7 @@ import collections
 import io
 import logging
 import pickle
-from typing import Any, Dict, Set, Tuple
+from typing import Any, Dict, List, Set, Tuple
 
 import torch
 
@@ -185,21 +185,39 @@ def loads(data: bytes, **kwargs):
     return Unpickler(io.BytesIO(data), **kwargs).load()
 
 
+#: modules whose classes a real checkpoint pickles (fairseq's Dictionary, hydra/OmegaConf configs, enums, paths,
+#: numpy dtypes): stubbing them is routine. Any other global (``os.system``, ``builtins.eval``, ``subprocess``...)
+#: has no place in model weights: it is what a malicious pickle would call.
+EXPECTED_MODULES = ("fairseq", "omegaconf", "hydra", "numpy", "torch", "enum", "pathlib", "datetime", "collections",
+                    "typing", "argparse")
+
+
+def unexpected_globals(stubbed: Set[str]) -> List[str]:
+    """The stubbed globals that are not routine parts of a checkpoint (see :data:`EXPECTED_MODULES`)."""
+    return sorted(n for n in stubbed if n.split(".", 1)[0] not in EXPECTED_MODULES)
+
+
 def load_checkpoint(path: str) -> Tuple[Any, Set[str]]:
-    """``torch.load`` of ``path`` on CPU through the restricted unpickler; returns (object, stubbed global names)."""
+    """``torch.load`` of ``path`` on CPU through the restricted unpickler; returns (object, stubbed global names).
+
+    A file that cannot be decoded is a one-line error naming it (:mod:`stok.models.hubert.file_checks`); a
+    pickle naming code (``os.system`` ...) loads, with that code not run and a warning naming the file."""
     import sys
 
+    from stok.models.hubert.file_checks import read_torch_file
+
     _LAST_STUBBED.clear()
-    try:
-        obj = torch.load(path, map_location="cpu", pickle_module=sys.modules[__name__], weights_only=False)
-    except RuntimeError as e:
-        if "pickle_module" in str(e):
-            raise RuntimeError(f"{path}: {e}; TORCH_FORCE_WEIGHTS_ONLY_LOAD is set, which forbids the restricted "
-                               f"unpickler this file needs; unset it") from e
-        raise
+    obj = read_torch_file(path, lambda p: torch.load(p, map_location="cpu", pickle_module=sys.modules[__name__],
+                                                     weights_only=False))
     stubbed = set(_LAST_STUBBED)
-    if stubbed:
-        log.info("%s: kept as inert records (not imported): %s", path, ", ".join(sorted(stubbed)))
+    suspicious = unexpected_globals(stubbed)
+    if suspicious:
+        log.warning("%s: the pickle names code that model weights never need (%s); it was NOT run (kept as inert "
+                    "records), and only the tensors are used. Check where this file came from.", path,
+                    ", ".join(suspicious))
+    routine = sorted(stubbed - set(suspicious))
+    if routine:
+        log.info("%s: kept as inert records (not imported): %s", path, ", ".join(routine))
     return obj, stubbed
 
 

@@ -8,7 +8,8 @@ Output in ``output_dir`` (the dump engine's layout, so both ``stok-kmeans dump``
   ``cut -d' ' -f2-``)
 - ``failed.list``: ``utt<TAB>reason`` (unreadable, not a matrix, wrong dimension, NaN/inf)
 - ``km_labels.summary.json``: counts, timings and the cluster usage (clusters used, entropy, perplexity)
-- ``kmeans_model.json``: which k-means model wrote the labels; resuming with another model is refused
+- ``km_labels.fingerprint.json``: what made the labels (the centroids' checksum and the features' or the
+  teacher's fingerprint, ``stok.dump.fingerprint``); resuming with another model or features is refused
 
 The pass over the features is streaming and resumable: records are flushed before the shard scp names them
 (``stok.dump.storage.ShardWriter``), and a rerun skips the keys already written. Utterances are assigned in
@@ -29,9 +30,12 @@ import kaldiio
 import numpy as np
 from tqdm import tqdm
 
+from stok.cli import check_output_dir
 from stok.data.kaldi_dir import sort_keys
-from stok.dump.merge import done_keys, remove_outputs, write_failed
+from stok.dump.fingerprint import check_fingerprint, read_fingerprint, start_output
+from stok.dump.merge import write_failed
 from stok.dump.storage import ShardWriter, read_scp_entries
+from stok.fileio import atomic_open
 from stok.models.kmeans.assign import Assigner
 from stok.models.kmeans.model import KMeansModel
 from stok.models.kmeans.sample import MatrixReader, read_feats_scp
@@ -39,7 +43,6 @@ from stok.models.kmeans.sample import MatrixReader, read_feats_scp
 log = logging.getLogger("stok.kmeans")
 
 NAME = "km_labels"
-MARKER = "kmeans_model.json"
 _INT_PAIR = np.dtype([("size", "u1"), ("value", "<i4")])
 
 
@@ -113,34 +116,28 @@ def finalize(out_dir: str, n_clusters: int, text: bool = True) -> dict:
     return usage_stats(counts)
 
 
-def check_marker(out_dir: str, km: KMeansModel, km_path: str, overwrite: bool, write: bool = True) -> None:
-    """Refuse to resume a dump written with another k-means model; record this one."""
-    path = os.path.join(out_dir, MARKER)
-    if os.path.exists(path) and not overwrite:
-        with open(path) as f:
-            old = json.load(f)
-        has_output = bool(done_keys(out_dir, NAME)) or os.path.exists(os.path.join(out_dir, f"{NAME}.scp"))
-        if has_output and old.get("fingerprint") != km.fingerprint():
-            raise SystemExit(f"error: {out_dir} holds labels from another k-means model ({old.get('km_model')}, "
-                             f"fingerprint {old.get('fingerprint')}; this one is {km.fingerprint()}); "
-                             "use --overwrite or another --output_dir")
-    if write:
-        os.makedirs(out_dir, exist_ok=True)
-        with open(path + ".tmp", "w") as f:
-            json.dump({"km_model": os.path.abspath(km_path), "fingerprint": km.fingerprint(),
-                       "n_clusters": km.n_clusters, "dim": km.dim}, f, indent=2)
-        os.replace(path + ".tmp", path)
+def features_fingerprint(km: KMeansModel, feats_scp: str) -> dict:
+    """The fingerprint of labels from a feature scp: the centroids and the feature dump's own fingerprint
+    (``<stem>.fingerprint.json`` beside the scp, when stage 1 wrote one)."""
+    stem = os.path.splitext(os.path.basename(feats_scp))[0]
+    features = read_fingerprint(os.path.dirname(os.path.abspath(feats_scp)), stem)
+    return {"name": NAME, "model": {"model": "kmeans_labels", "n_clusters": km.n_clusters, "dim": km.dim,
+                                    "km_fingerprint": km.fingerprint(), "features": features}}
 
 
 def dump_from_feats(km: KMeansModel, km_path: str, feats_scp: str, out_dir: str, device: str = "cpu",
                     batch_frames: int = 100_000, overwrite: bool = False, text: bool = True) -> dict:
-    """Labels for every entry of ``feats_scp`` (see the module docstring); returns the summary."""
+    """Labels for every entry of ``feats_scp`` (see the module docstring); returns the summary.
+
+    Everything is checked (the scp, the output location, the fingerprint of what ``out_dir`` holds) before
+    any output is created or, with ``overwrite``, removed."""
     start = time.time()
     entries = read_feats_scp(feats_scp)
-    os.makedirs(out_dir, exist_ok=True)
-    if overwrite:
-        remove_outputs(out_dir, NAME)
-    check_marker(out_dir, km, km_path, overwrite)
+    check_output_dir(out_dir)
+    fingerprint = features_fingerprint(km, feats_scp)
+    if not overwrite:
+        check_fingerprint(out_dir, NAME, fingerprint)
+    start_output(out_dir, NAME, fingerprint, overwrite)
     writer = ShardWriter(os.path.join(out_dir, f"{NAME}.0"))
     done = writer.done
     assigner = Assigner(km.centroids, device)
@@ -188,18 +185,18 @@ def dump_from_feats(km: KMeansModel, km_path: str, feats_scp: str, out_dir: str,
         log.warning("%s failed: %s", key, reason)
     entries_map = read_scp_entries([os.path.join(out_dir, f"{NAME}.0.scp")])
     scp_path = os.path.join(out_dir, f"{NAME}.scp")
-    with open(scp_path + ".tmp", "w", encoding="utf-8") as f:
+    with atomic_open(scp_path, "w") as f:
         for key in sort_keys(entries_map):
             f.write(f"{key} {entries_map[key]}\n")
-    os.replace(scp_path + ".tmp", scp_path)
     write_failed(os.path.join(out_dir, "failed.list"), failures)
     usage = finalize(out_dir, km.n_clusters, text)
     wall = time.time() - start
     summary = {"name": NAME, "mode": "features", "feats_scp": os.path.abspath(feats_scp),
-               "km_model": os.path.abspath(km_path), "fingerprint": km.fingerprint(), "device": str(device),
+               "km_model": os.path.abspath(km_path), "km_fingerprint": km.fingerprint(), "fingerprint": fingerprint,
+               "device": str(device),
                "entries": len(entries), "already_done": len(entries) - len(todo), "written_now": written,
                "frames_now": frames, "entries_in_scp": len(entries_map), "failed": len(failures),
                "wall_seconds": wall, "frames_per_second": frames / wall if wall else None, "usage": usage}
-    with open(os.path.join(out_dir, f"{NAME}.summary.json"), "w") as f:
+    with atomic_open(os.path.join(out_dir, f"{NAME}.summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
     return summary

@@ -52,3 +52,8 @@ class KMeansLabels(DumpModel):
     def describe(self) -> dict:
         return {"model": "kmeans_labels", "teacher": self.teacher.describe(), "n_clusters": self.km.n_clusters,
                 "dim": self.km.dim, "km_model": self.km_path, "km_fingerprint": self.km.fingerprint()}
+
+    def fingerprint(self) -> dict:
+        """The centroids' checksum and the teacher's fingerprint (not the model's path)."""
+        return {"model": "kmeans_labels", "n_clusters": self.km.n_clusters, "dim": self.km.dim,
+                "km_fingerprint": self.km.fingerprint(), "teacher": self.teacher.fingerprint()}

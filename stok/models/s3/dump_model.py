@@ -4,11 +4,13 @@
 utterance's own maximum, so padding never changes features); ``num_frames`` is the mel frame count
 (the engine's bucketing and ``--max_frames`` budget are in mel frames); ``encode`` runs one padded
 batch through the model (long utterances in bounded window batches) and returns int32 token vectors.
+``fingerprint`` (what a resumed dump must share): the version, the full config, the dtype and the SHA-256 of
+the weights file (``weights_file``; for an official name, the verified official ONNX file's).
 """
 
 from __future__ import annotations
 
-from typing import List
+from typing import List, Optional
 
 import numpy as np
 import torch
@@ -23,8 +25,9 @@ class S3DumpModel(DumpModel):
     sample_rate = SAMPLE_RATE
     min_samples = MIN_SAMPLES
 
-    def __init__(self, model: S3Tokenizer):
+    def __init__(self, model: S3Tokenizer, weights_file: Optional[str] = None):
         self.model = model
+        self.weights_file = weights_file
 
     def prepare(self, wave: torch.Tensor) -> torch.Tensor:
         return log_mel(wave)  # raises TooShort under MIN_SAMPLES samples
@@ -49,3 +52,13 @@ class S3DumpModel(DumpModel):
                 "dtype": str(self.model.dtype).replace("torch.", ""), "source": info.get("source"),
                 "source_sha256": info.get("source_sha256"), "demo": bool(info.get("demo")),
                 "window_frames": cfg.window_frames, "hop_frames": cfg.hop_frames}
+
+    def fingerprint(self) -> dict:
+        from stok.dump.fingerprint import file_sha256, module_checksum
+
+        if self.weights_file:
+            weights = file_sha256(self.weights_file)
+        else:  # an official name: the ONNX file it was loaded or converted from, checked against its SHA-256
+            weights = self.model.info.get("source_sha256") or module_checksum(self.model)
+        return {"model": "s3tokenizer", "version": self.model.cfg.version, "config": self.model.cfg.to_dict(),
+                "dtype": str(self.model.dtype).replace("torch.", ""), "weights_sha256": weights}

@@ -4,12 +4,14 @@ The engine reads and resamples audio in its workers; ``encode`` runs one padded,
 through the encoder with each item's true length (so the codes equal one-at-a-time encoding) and
 returns, per utterance, its ``ceil(samples / hop)`` frames of the first ``n_q`` codebooks as int32
 ``[T, n_q]`` (stored as exact float32 matrices, 4 bytes a code; read back with ``stok.dump.storage.load_codes``).
+``fingerprint`` (what a resumed dump must share): the config, ``n_q``, the dtype and the SHA-256 of the weights
+files (``weights_files``: config.json and SpeechTokenizer.pt).
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import List
+from typing import List, Sequence
 
 import numpy as np
 import torch
@@ -19,8 +21,10 @@ from stok.models.speechtokenizer.model import SpeechTokenizer
 
 
 class STDumpModel(DumpModel):
-    def __init__(self, model: SpeechTokenizer, n_q: int = 0, dtype: torch.dtype = torch.float32):
+    def __init__(self, model: SpeechTokenizer, n_q: int = 0, dtype: torch.dtype = torch.float32,
+                 weights_files: Sequence[str] = ()):
         cfg = model.cfg
+        self.weights_files = list(weights_files)
         if not 0 <= n_q <= cfg.n_q:
             raise ValueError(f"n_q must be between 1 and the model's {cfg.n_q} codebooks (0: all), got {n_q}")
         self.model = model.eval()
@@ -46,3 +50,11 @@ class STDumpModel(DumpModel):
         return {"model": "speechtokenizer", "n_q": self.n_q, "codebook_size": cfg.codebook_size,
                 "frame_rate": cfg.sample_rate / cfg.hop, "sample_rate": cfg.sample_rate,
                 "dtype": str(self.dtype).replace("torch.", ""), "layout": "[T, n_q] frames x codebooks"}
+
+    def fingerprint(self) -> dict:
+        from stok.dump.fingerprint import file_sha256, module_checksum
+
+        weights = ([file_sha256(p) for p in self.weights_files] if self.weights_files
+                   else module_checksum(self.model))
+        return {"model": "speechtokenizer", "config": self.model.cfg.to_dict(), "n_q": self.n_q,
+                "dtype": str(self.dtype).replace("torch.", ""), "weights_sha256": weights}

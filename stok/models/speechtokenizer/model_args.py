@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import pickle
 
 import torch
 
@@ -49,8 +50,13 @@ def load_model(args: argparse.Namespace, device: torch.device) -> SpeechTokenize
             model = load_released(args.model_dir)
         else:
             model = load_released(args.config, args.ckpt)
-    except (KeyError, ValueError, RuntimeError) as e:
+    except (KeyError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as e:  # torch.load of a damaged file
+        ckpt = os.path.join(args.model_dir, "SpeechTokenizer.pt") if args.model_dir else args.ckpt
+        text = str(e).strip().splitlines()[0].split(". ")[0][:120] if str(e).strip() else ""
+        raise SystemExit(f"error: {ckpt}: cannot be read as a SpeechTokenizer checkpoint ({type(e).__name__}: "
+                         f"{text}); the file is damaged or incomplete: export or download it again") from None
     return model.to(device).eval()
 
 

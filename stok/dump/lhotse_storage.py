@@ -1,0 +1,74 @@
+"""stok's dump records as a lhotse storage type: a cut's ``TemporalArray`` points into the dump's own ark.
+
+Importing this module registers two lhotse readers (import it, or anything of ``stok.dump.cuts``, before
+loading a stok cut set, also in DataLoader workers started with ``spawn``):
+
+- ``stok_kaldi_ark``: the record as stored: int32 vectors (S3 tokens, k-means labels) as int32,
+  float matrices (features) as float32;
+- ``stok_kaldi_ark_codes``: integer code matrices (SpeechTokenizer codes, stored as exact float32 matrices)
+  as int32 ``[T, n_q]``; a record that does not hold exact integers is an error (earlier stok versions'
+  two-byte compressed code records are rounded within 2^-7, as ``stok.dump.storage.load_codes`` does).
+
+``storage_path`` is the ark file; ``storage_key`` is the record's byte offset (the number after the colon in
+the scp), optionally followed by ``:<frames>``: lhotse cuts a temporal array at ``round(duration /
+frame_shift)`` frames, while stok's models give a frame to every started hop (``ceil``), so a whole cut would
+lose its last frame. ``<frames>`` is lhotse's frame count for the whole cut, and a read that reaches it
+returns every frame to the end of the record: ``cut.load_<field>()`` is exactly the array in the ark, and
+reads of a truncated part of the cut (``cut.truncate``) stay lhotse's.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import numpy as np
+from lhotse.features.io import FeaturesReader, register_reader
+
+from stok.dump.ark_record import COMPRESSED, read_array
+from stok.dump.storage import to_codes
+
+STORAGE_TYPE = "stok_kaldi_ark"
+CODES_STORAGE_TYPE = "stok_kaldi_ark_codes"
+
+
+def make_key(offset: int, cut_frames: Optional[int] = None) -> str:
+    return str(int(offset)) if cut_frames is None else f"{int(offset)}:{int(cut_frames)}"
+
+
+def parse_key(key: str) -> Tuple[int, Optional[int]]:
+    offset, _, frames = str(key).partition(":")
+    return int(offset), (int(frames) if frames else None)
+
+
+@register_reader
+class StokArkReader(FeaturesReader):
+    """lhotse reader of one record of a stok dump ark (see the module docstring)."""
+
+    name = STORAGE_TYPE
+
+    def __init__(self, storage_path: str, *args, **kwargs):
+        super().__init__()
+        self.storage_path = str(storage_path)
+
+    def convert(self, array: np.ndarray, kind: str, where: str) -> np.ndarray:
+        return array
+
+    def read(self, key: str, left_offset_frames: int = 0, right_offset_frames: Optional[int] = None) -> np.ndarray:
+        offset, cut_frames = parse_key(key)
+        where = f"{self.storage_path}:{offset}"
+        with open(self.storage_path, "rb") as fd:
+            array, kind = read_array(fd, offset, where)
+        array = self.convert(array, kind, where)
+        if cut_frames is not None and right_offset_frames is not None and right_offset_frames >= cut_frames:
+            right_offset_frames = None  # the read reaches the cut's end: every frame to the record's end
+        return array[left_offset_frames:right_offset_frames]
+
+
+@register_reader
+class StokArkCodesReader(StokArkReader):
+    """Integer code matrices stored as float32 matrices -> int32."""
+
+    name = CODES_STORAGE_TYPE
+
+    def convert(self, array: np.ndarray, kind: str, where: str) -> np.ndarray:
+        return to_codes(array, where, compressed=kind in COMPRESSED).astype(np.int32)
