@@ -34,12 +34,11 @@ def entry_point(main: F) -> F:
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
-        if "--debug" in sys.argv[1:] or "--debug" in (args[0] if args and isinstance(args[0], list) else []):
-            os.environ["STOK_DEBUG"] = "1"
+        argv = args[0] if args and isinstance(args[0], list) else sys.argv[1:]
         try:
             return main(*args, **kwargs)
         except UserError as e:
-            if debug_enabled():
+            if "--debug" in argv or debug_enabled():
                 raise
             one_line = " ".join(part.strip() for part in str(e).splitlines() if part.strip())
             raise SystemExit(f"error: {one_line}") from None

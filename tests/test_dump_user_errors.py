@@ -364,9 +364,11 @@ def test_console_script_prints_one_line_and_traceback_only_with_debug(m, tmp_pat
     assert r.stderr.splitlines() == [f"error: {tmp_path}/duplicate/wav.scp:3: duplicate key 'utt001'; keys must be unique"]
     r = subprocess.run(cmd, env=_env(STOK_DEBUG="1"), capture_output=True, text=True, timeout=300)
     assert r.returncode == 1 and "Traceback" in r.stderr and "KaldiDirError" in r.stderr
-    monkeypatch.setenv("STOK_DEBUG", "0")  # restored after the test: --debug sets it
+    monkeypatch.setenv("STOK_DEBUG", "0")
     with pytest.raises(KaldiDirError, match="duplicate key"):
         dump_s3.main(argv + ["--debug"])
+    with pytest.raises(SystemExit, match="^error: .*duplicate key"):  # --debug is for its own run only
+        dump_s3.main(argv)
     assert not out.exists()
 
 
