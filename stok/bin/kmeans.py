@@ -326,7 +326,6 @@ def _teacher_mismatch(fitted: dict, now: dict) -> list:
 
 def dump_audio(argv) -> dict:
     from stok.dump.engine import run_dump
-    from stok.fileio import atomic_open
     from stok.models.kmeans.dump import NAME, finalize
     from stok.models.kmeans.labels_model import KMeansLabels
     from stok.models.kmeans.model import KMeansModel, KMeansModelError
