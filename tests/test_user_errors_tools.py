@@ -144,6 +144,21 @@ def test_train_refuses_to_mix_two_runs(train_env, tmp_path):
             "new --exp_dir")
 
 
+def test_train_resumes_a_run_of_an_earlier_stok_whose_config_lacks_newer_keys(train_env, tmp_path):
+    exp = _copy_run(train_env, tmp_path)
+    ck = exp / "checkpoints" / "ckpt_00000002.pt"
+    state = torch.load(ck, map_location="cpu", weights_only=True)
+    assert state["config"]["disc"].pop("start_step") == 0  # a key added later, at its default
+    torch.save(state, ck)
+    res = train_bin.main(_train_argv(train_env, exp, "--resume", "--max_steps", "3", "--no_export"))
+    assert res["step"] == 3
+    state["config"]["disc"]["start_step"] = 5  # a stored value other than today's is still a change
+    torch.save(state, ck)
+    os.remove(exp / "checkpoints" / "ckpt_00000003.pt")
+    refused(train_bin.main, _train_argv(train_env, exp, "--resume", "--max_steps", "3"), tmp_path,
+            "disc.start_step 5 -> 0")
+
+
 def test_train_resume_may_extend_the_run_and_drops_a_killed_runs_tail(train_env, tmp_path):
     exp = _copy_run(train_env, tmp_path)
     with open(exp / "train_log.jsonl", "a") as f:  # what a run killed after its last checkpoint leaves

@@ -89,6 +89,17 @@ def read_checkpoint_config(path: str) -> dict:
     return cfg
 
 
+def with_defaults(config: dict) -> dict:
+    """A checkpoint's config with the defaults of keys added to stok since it was written (a run of an earlier
+    stok resumes as it was trained); as stored when it no longer parses."""
+    from stok.train.config import ConfigError, from_dict
+
+    try:
+        return from_dict(config).to_dict()
+    except ConfigError:
+        return config
+
+
 def check_exp_dir(exp_dir: str, config: dict, resume: bool) -> Optional[str]:
     """Run every check on ``exp_dir`` (nothing is written); returns the checkpoint a resume starts from."""
     check_output_dir(exp_dir, "--exp_dir")
@@ -103,7 +114,7 @@ def check_exp_dir(exp_dir: str, config: dict, resume: bool) -> Optional[str]:
         raise UserError(f"--exp_dir {exp_dir} already holds a training run (up to {os.path.basename(ckpts[-1])}); "
                         "add --resume to continue it, or give a new --exp_dir")
     latest = ckpts[-1]
-    changed = config_changes(read_checkpoint_config(latest), config)
+    changed = config_changes(with_defaults(read_checkpoint_config(latest)), config)
     if changed:
         shown = "; ".join(changed[:5]) + (f"; and {len(changed) - 5} more" if len(changed) > 5 else "")
         raise UserError(f"--resume: the config differs from the one {latest} was trained with ({shown}); resume "

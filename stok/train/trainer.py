@@ -25,6 +25,7 @@ import logging
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
@@ -389,8 +390,11 @@ class Trainer:
         if self.cfg.sched.guard_buffers:
             saved = [b.detach().clone() for b in self._guarded_buffers()]
 
+        # a batch of whole crops (the usual case) takes the plain path: per-item reflect padding, packed LSTMs and
+        # masks compute the same values there, only slower
+        gen_lengths = None if bool((lengths == T).all()) else lengths
         with self._autocast():
-            out = self.gen_ddp(wav, lengths)
+            out = self.gen_ddp(wav, gen_lengths)
         recon = out["recon"][..., :T]
         if recon.shape[-1] < T:
             recon = nn.functional.pad(recon, (0, T - recon.shape[-1]))
@@ -444,7 +448,9 @@ class Trainer:
         self._update_ema()
         lr_g, lr_d = self.sched_g.get_last_lr()[0], self.sched_d.get_last_lr()[0]
         self.sched_g.step()
-        self.sched_d.step()
+        with warnings.catch_warnings():  # before disc.start_step the discriminators' optimiser has not stepped
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()` before")
+            self.sched_d.step()
 
         vals = {"loss/generator": g_loss, "loss/discriminator": d_loss, "loss/mel": mel_total,
                 "loss/mel_error": mel_parts[0], "loss/recon_l1": rec, "loss/commit": commit,
