@@ -129,7 +129,8 @@ def test_decode_writes_wavs_and_layers_from_a_given_layer(setup, tmp_path):
                          "--first_layer", "2", "--n_q", "2"])
 
 
-def test_eval_report_metrics_usage_and_plots(setup, tmp_path):
+def test_eval_report_metrics_usage_and_plots(setup, tmp_path, caplog):
+    caplog.set_level("INFO", logger="stok.eval")
     data = tmp_path / "data"
     data.mkdir()
     lines = open(os.path.join(setup["data"], "wav.scp")).read()
@@ -146,6 +147,10 @@ def test_eval_report_metrics_usage_and_plots(setup, tmp_path):
     if m["stoi"] is not None:
         assert -1.0 <= m["stoi"] <= 1.0
     assert sorted(report["mel_distance_by_layers"]) == ["1", "2", "3"]
+    by = report["mel_distance_by_layers"]  # the curve is printed too, with the drop from layer 1 to all layers
+    drop = 100.0 * (by["1"] - by["3"]) / by["1"]
+    assert (f"mel distance decoding RVQ layers 1..k: 1: {by['1']:.3f}, 2: {by['2']:.3f}, 3: {by['3']:.3f} "
+            f"(all 3 layers {drop:.1f}% below layer 1 alone)") in caplog.text
     usage = report["codebook_usage"]
     assert [u["layer"] for u in usage] == [1, 2, 3]
     total_frames = sum(r for r in [len(c) for c in _single_codes(setup["model"], setup["data"]).values()])

@@ -147,3 +147,64 @@ def test_full_length_batch_takes_the_plain_path_with_the_same_values():
     assert torch.allclose(a.recon, b.recon, rtol=1e-5, atol=1e-6)
     assert torch.allclose(a.semantic, b.semantic, rtol=1e-5, atol=1e-6)
     assert torch.equal(a.codes, b.codes)
+
+
+@pytest.mark.parametrize("filters", [8, 32])  # the demo's width and the released width
+def test_mstft_channels_last_keeps_values_and_gradients(filters):
+    from stok.train.discriminators import MultiScaleSTFTDiscriminator, STFTDiscriminator
+
+    torch.manual_seed(0)
+    disc = MultiScaleSTFTDiscriminator(filters, (1024, 512, 256, 128))
+    wav = 0.1 * torch.randn(2, 1, 6000)
+    results = {}
+    for layout in (False, True):
+        STFTDiscriminator.channels_last = layout
+        try:
+            d = copy.deepcopy(disc)
+            x = wav.clone().requires_grad_(True)
+            logits, fmaps = d(x)
+            # smooth in every activation (an L1 term's sign could flip at a float-rounding zero)
+            loss = sum(lg.pow(2).mean() for lg in logits) + sum(f.pow(2).mean() for fm in fmaps for f in fm)
+            loss.backward()
+            assert all(f.is_contiguous(memory_format=torch.channels_last) == layout
+                       for fm in fmaps for f in fm[1:])
+            results[layout] = (logits, fmaps, x.grad, {n: p.grad for n, p in d.named_parameters()})
+        finally:
+            STFTDiscriminator.channels_last = True
+    (l0, f0, g0, p0), (l1, f1, g1, p1) = results[False], results[True]
+    for a, b in zip(l0, l1):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), (a - b).abs().max()
+    for fa, fb in zip(f0, f1):
+        for a, b in zip(fa, fb):
+            assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), (a - b).abs().max()
+    def close(a, b):  # float rounding of a different summation order, relative to the tensor's size
+        return float((a - b).norm()) <= 1e-5 * float(a.norm())
+
+    assert close(g0, g1), (g0 - g1).abs().max()
+    assert p0.keys() == p1.keys()
+    for n in p0:
+        assert close(p0[n], p1[n]), (n, (p0[n] - p1[n]).abs().max())
+
+
+def test_pointwise_conv_in_training_keeps_values_and_gradients():
+    """Kernel-1 convs in training run as a matmul on CPU: same outputs and gradients as F.conv1d (float rounding);
+    in eval mode the conv itself runs (bitwise the released package's inference)."""
+    from stok.models.speechtokenizer.conv import WNConv1d
+
+    torch.manual_seed(0)
+    for cin, cout, T in ((8, 4, 16000), (64, 32, 400)):
+        conv = WNConv1d(cin, cout, 1)
+        x = torch.randn(3, cin, T, requires_grad=True)
+        ref_conv = copy.deepcopy(conv)
+        x_ref = x.detach().clone().requires_grad_(True)
+        y = conv.train()(x)
+        y_ref = torch.nn.functional.conv1d(x_ref, ref_conv.weight, ref_conv.bias)
+        assert torch.allclose(y, y_ref, rtol=1e-5, atol=1e-5), (y - y_ref).abs().max()
+        g = torch.randn_like(y)
+        y.backward(g)
+        y_ref.backward(g)
+        for a, b in ((x.grad, x_ref.grad), (conv.weight_v.grad, ref_conv.weight_v.grad),
+                     (conv.weight_g.grad, ref_conv.weight_g.grad), (conv.bias.grad, ref_conv.bias.grad)):
+            assert float((a - b).norm()) <= 1e-5 * float(b.norm())
+        with torch.no_grad():
+            assert torch.equal(conv.eval()(x), torch.nn.functional.conv1d(x, conv.weight, conv.bias))

@@ -146,6 +146,11 @@ def main(argv=None) -> dict:
     log.info("%d utterances, %d failed: mel distance %.3f, SI-SNR %.2f dB%s; codes used per layer %s; report in %s",
              len(per_utt), len(failures), m["mel_distance"] or float("nan"), m["si_snr"] or float("nan"), stoi_txt,
              [u["codes_used"] for u in layers], os.path.join(args.output_dir, "report.json"))
+    if per_utt and len(sweep) > 1:  # quality against bitrate: each added RVQ layer should lower the distance
+        first, last = sweep[min(sweep)], sweep[max(sweep)]
+        curve = ", ".join(f"{k}: {v:.3f}" for k, v in sorted(sweep.items()))
+        log.info("mel distance decoding RVQ layers 1..k: %s (all %d layers %.1f%% below layer 1 alone)",
+                 curve, max(sweep), 100.0 * (first - last) / first)
     return report
 
 
