@@ -1,29 +1,36 @@
-"""S3Tokenizer dump throughput on CPU: one at a time vs fixed batches vs the stok engine.
+"""S3Tokenizer dump throughput on CPU: stok against CosyVoice's extractor and the public peer, with a roofline.
 
     python bench/s3_dump.py            # the issue's set: 100 utterances of 1-30 s, v1_50hz and v2_25hz
     python bench/s3_dump.py --quick    # 24 utterances of 1-8 s (a few minutes on a 2-core machine)
+    python bench/s3_dump.py --modes a,c,o,p,d --nproc 2    # every baseline and torchrun
 
 A mixed-length corpus (uniform durations, shuffled, synthesized speech-like FLAC files) and full-size
-models with random weights (the official dimensions; tokens do not depend on the weights' origin
-for timing). Three ways to dump it, all in this process with the same torch thread count:
+models with random weights (the official dimensions; v1 codebooks spread over encoder outputs so that tokens
+vary; timing does not depend on the weights' origin). Modes, all with the same torch thread count:
 
-  (a) one utterance at a time in file order (CosyVoice's extractor style): read, log-mel, encode;
-  (b) fixed batches of 32 in file order without bucketing (the peer's style);
-  (c) the stok dump engine (``run_dump``, what ``stok.bin.dump_s3`` runs): length bucketing by a
-      padded-frame budget, log-mel in DataLoader workers, resumable ark/scp output.
+  (a) stok one utterance at a time in file order with the plain reference kernels (``set_fast_cpu(False)``:
+      torch's MKL Linear, the FSMN as a depthwise conv): the fp32 reference every mode's tokens are checked against;
+  (b) stok, fixed batches of 32 in file order without bucketing (the peer's batching, stok's model);
+  (c) the stok dump engine (``run_dump``, what ``stok.bin.dump_s3`` runs): length bucketing by a padded-frame
+      budget, log-mel in DataLoader workers, resumable ark/scp output, stok's CPU kernels;
+  (o) CosyVoice's own extractor (``tools/extract_speech_token.py``) as it runs: the model exported to an ONNX
+      file in the official layout, run by onnxruntime one utterance at a time with its session options (all
+      graph optimisations, one intra-op thread per session) from a pool with one thread per core;
+  (p) the public ``s3tokenizer`` package (when installed) as its CLI runs on CPU: its own model class (as
+      ``load_model`` builds it) with the same weights through its own ONNX->torch converter from that file,
+      its own log-mel, ``padding`` and ``quantize``, fixed batches of 32 in file order, one process;
+  (d) ``torchrun --nproc_per_node N -m stok.bin.dump_s3`` (N processes of cores/N threads, the model saved as
+      a stok checkpoint; ``--nproc N``), timed end to end including process start-up and model loading
+      (the other modes' models and sessions are built and warmed up before their timing starts).
 
-Printed: wall time, throughput (audio seconds per wall second), the ratios c/a and c/b, and the
-tokens of every mode that differ from (a) (must be 0).
+Printed per version: wall time and audio seconds per wall second of each mode; tokens that differ from (a),
+with how many of those are near-ties (decision margin under 1e-5, ``stok.models.s3.margins``: rounding's
+call); the speed ratios c/a, c/b, c/o, c/p, d/o, d/p, d/c; and the roofline: the model FLOPs of the corpus
+(counted from the shapes, one utterance at a time, no padding), the measured single-core fp32 GEMM peak
+(``bench/roofline.py``, same run), each mode's achieved fraction of its cores' peak, and the most any mode
+could gain over (o) on these cores (100% of peak).
 
-``--modes a,b,c,o`` adds (o), CosyVoice's own extractor (``tools/extract_speech_token.py``) as it runs:
-the model exported to an ONNX file in the official layout, run by onnxruntime one utterance at a time with
-its session options (all graph optimisations, one intra-op thread per session) from a thread pool with
-one thread per core; compared with (c) as c/o.
-
-On a GPU: ``--device cuda --dtype bf16`` runs (a), (b), (c) there, and ``--nproc N`` with mode d adds
-(d): ``torchrun --nproc_per_node N -m stok.bin.dump_s3`` (N processes sharing the GPUs round-robin,
-the model saved as a stok checkpoint; ``--modes a,b,c,d``), timed end to end including process start-up
-and model loading.
+On a GPU: ``--device cuda --dtype bf16`` runs (a), (b), (c) there, and (d) with ``--nproc``.
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.roofline import fraction, gemm_peak, print_peak  # noqa: E402
 from stok.bin.dump_s3 import NAME, get_parser, resolve_defaults  # noqa: E402
 from stok.data.audio import load_audio  # noqa: E402
 from stok.dump.engine import run_dump  # noqa: E402
@@ -49,7 +57,9 @@ from stok.dump.storage import load_codes  # noqa: E402
 from stok.models.s3.checkpoint import save_checkpoint  # noqa: E402
 from stok.models.s3.config import full_config  # noqa: E402
 from stok.models.s3.dump_model import S3DumpModel  # noqa: E402
-from stok.models.s3.frontend import log_mel  # noqa: E402
+from stok.models.s3.frontend import log_mel, mel_frames  # noqa: E402
+from stok.models.s3.long_audio import plan_windows  # noqa: E402
+from stok.models.s3.margins import classify_differences, decision_margins  # noqa: E402
 from stok.models.s3.model import build_model  # noqa: E402
 from stok.models.s3.onnx_export_official import export_official  # noqa: E402
 from tests.conftest import speechlike  # noqa: E402  (the tests' synthetic voiced signal)
@@ -108,13 +118,17 @@ def engine(model, data_dir, out_dir, workers, extra):
     return {k: v for k, v in load_codes(os.path.join(out_dir, f"{NAME}.scp"))}
 
 
-def cosyvoice_ort(onnx_path, keys, paths, threads):
+def cosyvoice_session(onnx_path):
+    """CosyVoice's extractor's session: all graph optimisations, one intra-op thread (built before timing)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.intra_op_num_threads = 1
-    sess = ort.InferenceSession(onnx_path, sess_options=opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(onnx_path, sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def cosyvoice_ort(sess, keys, paths, threads):
     names = [i.name for i in sess.get_inputs()]
 
     def one(path):
@@ -123,6 +137,72 @@ def cosyvoice_ort(onnx_path, keys, paths, threads):
 
     with ThreadPoolExecutor(threads) as pool:
         return dict(zip(keys, pool.map(one, paths)))
+
+
+PEER_NAMES = {"v1_50hz": "speech_tokenizer_v1", "v1_25hz": "speech_tokenizer_v1_25hz",
+              "v2_25hz": "speech_tokenizer_v2_25hz", "v3_25hz": "speech_tokenizer_v3_25hz"}
+
+
+def peer_model(version, onnx_path):
+    """The peer's model as its ``load_model`` builds it, with the weights its own converter reads from the
+    official-layout file (strict: every tensor)."""
+    import s3tokenizer as s3
+    from s3tokenizer.model_v2 import S3TokenizerV2
+    from s3tokenizer.model_v3 import S3TokenizerV3
+
+    name = PEER_NAMES[version]
+    if version == "v3_25hz":
+        model, weights = S3TokenizerV3(name), s3.onnx2torch_v3(onnx_path)
+    elif version == "v2_25hz":
+        model, weights = S3TokenizerV2(name), s3.onnx2torch(onnx_path)
+    else:
+        model, weights = s3.S3Tokenizer(name), s3.onnx2torch(onnx_path)
+    model.load_state_dict(weights, strict=True)
+    return model.eval()
+
+
+@torch.inference_mode()
+def peer_batches(peer, keys, paths, size=32):
+    """The peer's CLI on CPU: its log-mel and ``padding``, batches of ``size`` in file order, its ``quantize``."""
+    import s3tokenizer as s3
+
+    out = {}
+    for j in range(0, len(keys), size):
+        mels, lens = s3.padding([s3.log_mel_spectrogram(load_audio(p, 16000)) for p in paths[j: j + size]])
+        codes, n = peer.quantize(mels, lens)
+        for i, k in enumerate(keys[j: j + size]):
+            out[k] = codes[i, : int(n[i])].numpy()
+    return out
+
+
+@torch.no_grad()
+def spread_codebook(model, paths, seed=0):
+    """v1: codebook rows = L2-normalised encoder outputs of a few utterances, perturbed (a learned codebook
+    sits among the encoder's outputs; random rows all collapse to a handful of tokens)."""
+    frames = []
+    for p in paths:
+        mel = log_mel(load_audio(p, 16000))
+        hidden, _ = model.encoder(mel[None], torch.tensor([mel.shape[1]]))
+        frames.append(torch.nn.functional.normalize(hidden[0].float(), dim=-1))
+    x = torch.cat(frames)
+    g = torch.Generator().manual_seed(seed)
+    rows = x[torch.randint(0, x.shape[0], (model.cfg.codebook_size,), generator=g)]
+    rows = rows + 0.3 * x.std(0) * torch.randn(rows.shape, generator=g)
+    model.quantizer.codebook.copy_(torch.nn.functional.normalize(rows, dim=-1))
+
+
+def s3_flops(cfg, num_frames: int) -> float:
+    """Multiply-add FLOPs (x2) of one utterance: conv stem, per block the 4 projections, QK^T and AV, the FFN and
+    the FSMN taps, and the quantizer product (norms, softmax and activations left out); windows as ``quantize``."""
+    d, total = cfg.d_model, 0.0
+    for w in plan_windows(num_frames, cfg):
+        t1 = -(-(w.end - w.start) // cfg.conv1_stride)
+        t = -(-t1 // 2)
+        total += 2 * t1 * d * cfg.n_mels * 3 + 2 * t * d * d * 3
+        block = 2 * t * d * d * 4 + 2 * 2 * t * t * d + 2 * 2 * t * d * d * cfg.mlp_ratio + 2 * t * d * cfg.fsmn_kernel
+        total += cfg.n_layers * block
+        total += 2 * t * d * (cfg.codebook_size if cfg.quantizer == "vq" else cfg.fsq_dims)
+    return total
 
 
 def torchrun(ckpt, version, nproc, data_dir, out_dir, workers, device, dtype, extra):
@@ -135,15 +215,21 @@ def torchrun(ckpt, version, nproc, data_dir, out_dir, workers, device, dtype, ex
     return {k: v for k, v in load_codes(os.path.join(out_dir, f"{NAME}.scp"))}
 
 
-LABELS = {"a": "one at a time, file order", "b": "batches of 32, file order (the peer's style)",
+LABELS = {"a": "stok one at a time, reference kernels", "b": "stok batches of 32, file order",
           "c": "stok engine (bucketing, workers)", "o": "CosyVoice extractor (onnxruntime, 1 thread/session)",
-          "d": "stok engine under torchrun"}
+          "p": "s3tokenizer package, batches of 32", "d": "stok engine under torchrun"}
+RATIOS = (("c", "a"), ("c", "b"), ("c", "o"), ("c", "p"), ("d", "o"), ("d", "p"), ("d", "c"))
 
 
-def mismatch(ref, got):
-    diff = sum(int((ref[k] != got[k]).sum()) if len(ref[k]) == len(got[k]) else max(len(ref[k]), len(got[k]))
-               for k in ref)
-    return diff, sum(len(v) for v in ref.values())
+def compare(ref, got, margins_of):
+    """(differing tokens, of which near-ties, total); ``margins_of(key)`` is called only for utterances that differ."""
+    diff = ties = 0
+    for k, expected in ref.items():
+        if len(expected) == len(got[k]) and np.array_equal(expected, got[k]):
+            continue
+        d, t = classify_differences(expected, got[k], margins_of(k))
+        diff, ties = diff + d, ties + t
+    return diff, ties, sum(len(v) for v in ref.values())
 
 
 def main(argv=None):
@@ -162,9 +248,9 @@ def main(argv=None):
     p.add_argument("--nproc", type=int, default=0, help="also (d): torchrun with this many processes")
     p.add_argument("--modes", default="a,b,c",
                    help="what to run, in order: a, b, c as above, o (CosyVoice's onnxruntime extractor), "
-                        "d (torchrun, with --nproc)")
+                        "p (the s3tokenizer package), d (torchrun, with --nproc)")
     p.add_argument("--repeats", type=int, default=1,
-                   help="run (a), (b), (c) this many times, interleaved, and keep each mode's fastest run "
+                   help="run every mode this many times, interleaved, and keep each mode's fastest run "
                         "(on a shared machine the load of other tenants varies from minute to minute)")
     args = p.parse_args(argv)
     modes = args.modes.split(",")
@@ -178,24 +264,48 @@ def main(argv=None):
     keys, paths, audio = make_corpus(os.path.join(work, "data"), n, args.min_seconds, hi, seed=0)
     print(f"corpus: {n} utterances, {args.min_seconds:g}-{hi:g} s shuffled, {audio:.1f} s of audio; "
           f"torch threads {threads}, {os.cpu_count()} cores", flush=True)
+    peak = gemm_peak() if args.device == "cpu" else None
+    if peak:
+        print_peak(peak)
+    frames = {k: mel_frames(sf.info(path).frames) for k, path in zip(keys, paths)}
     for version in args.versions.split(","):
         model = build_model(full_config(version), seed=0)
+        if model.cfg.quantizer == "vq":
+            spread_codebook(model, paths[:3])
         ckpt = os.path.join(work, f"s3_{version}.pt")
         if "d" in modes:
             save_checkpoint(model, ckpt)
         onnx_path = os.path.join(work, f"s3_{version}.onnx")
-        if "o" in modes:
+        if "o" in modes or "p" in modes:
             export_official(model, onnx_path)
+        peer = peer_model(version, onnx_path) if "p" in modes else None
+        session = cosyvoice_session(onnx_path) if "o" in modes else None
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
         model.to(args.device).set_dtype(dtype)
-        with torch.inference_mode():  # warm-up: first-call allocations are not part of any mode's time
-            model.quantize(torch.randn(2, 128, 300, device=model.device), torch.tensor([300, 200]))
+        with torch.inference_mode():  # warm-up (both kernel sets, the peer): first calls are not part of any time
+            for fast in (False, True):
+                model.set_fast_cpu(fast).quantize(torch.randn(2, 128, 300, device=model.device),
+                                                  torch.tensor([300, 200]))
+            if peer is not None:
+                peer.quantize(torch.randn(2, 128, 300), torch.tensor([300, 200]))
+            if session is not None:
+                session.run(None, {session.get_inputs()[0].name: np.zeros((1, 128, 300), np.float32),
+                                   session.get_inputs()[1].name: np.array([300], np.int32)})
+
+        def reference():
+            model.set_fast_cpu(False)
+            try:
+                return one_at_a_time(model, keys, paths)
+            finally:
+                model.set_fast_cpu(True)
+
         runners = {
-            "a": lambda: one_at_a_time(model, keys, paths),
+            "a": reference,
             "b": lambda: fixed_batches(model, keys, paths),
             "c": lambda: engine(model, os.path.join(work, "data"), os.path.join(work, f"dump_{version}"),
                                 args.workers, args.engine_opts.split() + ["--dtype", args.dtype]),
-            "o": lambda: cosyvoice_ort(onnx_path, keys, paths, threads),
+            "o": lambda: cosyvoice_ort(session, keys, paths, threads),
+            "p": lambda: peer_batches(peer, keys, paths),
             "d": lambda: torchrun(ckpt, version, args.nproc, os.path.join(work, "data"),
                                   os.path.join(work, f"dump_{version}_d"), args.workers, args.device,
                                   args.dtype, args.engine_opts.split()),
@@ -209,12 +319,40 @@ def main(argv=None):
                 dt = time.perf_counter() - t
                 times[mode] = min(dt, times.get(mode, dt))
                 print(f"  {version} ({mode}) run {r + 1}: {dt:8.1f} s  {audio / dt:6.2f} audio s/s", flush=True)
+
+        margins = {}
+
+        def margins_of(key):  # the reference kernels' decision margins, only for utterances that differ
+            if key not in margins:
+                model.set_fast_cpu(False)
+                margins[key] = decision_margins(model, log_mel(load_audio(paths[keys.index(key)], 16000)))
+                model.set_fast_cpu(True)
+            return margins[key]
+
+        flops = sum(s3_flops(model.cfg, frames[k]) for k in keys)
         ref = "a" if "a" in toks else modes[0]
-        print(f"{version} [{args.device} {args.dtype}], audio seconds per wall second (tokens differing from ({ref})):")
+        print(f"{version} [{args.device} {args.dtype}]: audio seconds per wall second; tokens differing from ({ref}) "
+              f"(near-ties: decision margin < 1e-5); model FLOPs of the corpus {flops / 1e12:.2f} TFLOP")
         for mode in modes:
-            diff, total = mismatch(toks[ref], toks[mode])
-            ratio = f"  c/{mode} = {times[mode] / times['c']:.2f}" if "c" in times and mode != "c" else ""
-            print(f"  ({mode}) {LABELS[mode]:<52} {audio / times[mode]:8.2f}  ({diff} of {total}){ratio}", flush=True)
+            diff, ties, total = compare(toks[ref], toks[mode], margins_of)
+            line = f"  ({mode}) {LABELS[mode]:<52} {audio / times[mode]:7.2f}  ({diff} of {total} differ, {ties} near-ties)"
+            if peak:
+                cores = os.cpu_count() if mode == "d" else min(threads, os.cpu_count())
+                line += "  " + fraction(flops, times[mode], peak["gflops"], cores)
+            print(line, flush=True)
+        ratios = [f"{a}/{b} = {times[b] / times[a]:.2f}" for a, b in RATIOS if a in times and b in times]
+        if ratios:
+            print("  speed ratios: " + ", ".join(ratios), flush=True)
+        if peak:
+            cores = min(threads, os.cpu_count())
+            ceiling = flops / (peak["gflops"] * 1e9 * cores)
+            line = (f"  roofline: at 100% of {cores} cores' measured peak the corpus takes {ceiling:.1f} s "
+                    f"({audio / ceiling:.1f} audio s/s)")
+            for base in ("o", "p"):
+                if base in times:
+                    line += f"; the most any mode can gain over ({base}) is {times[base] / ceiling:.2f}x"
+            print(line, flush=True)
+
 
 if __name__ == "__main__":
     main()

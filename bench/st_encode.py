@@ -1,25 +1,32 @@
-"""SpeechTokenizer encode: one utterance at a time vs length-sorted padded batches (stok's length-aware model).
+"""SpeechTokenizer encode: the public package and stok one utterance at a time vs stok's dump path (batches).
 
 The released-size model (``SpeechTokenizerConfig()``: 103 M parameters, 8 x 1024 codes) with random weights;
 its codebooks are filled with encoder frames of random audio (residuals for the later layers, plus a little
 noise) so that codes are spread. The data: ``--n_utts`` utterances of random audio, durations uniform in
-``[--min_seconds, --max_seconds]``, shuffled. Measured, on the same model and data:
+``[--min_seconds, --max_seconds]``, shuffled. Measured, on the same model and data, ``--repeats`` rounds of
+(a), (b), (c) in turn (the fastest round of each is reported: a shared machine is noisy):
 
-  (a) ``model.encode`` on each utterance alone, in the shuffled order;
-  (b) ``model.encode(padded, lengths)`` on length-sorted batches of at most ``--batch_seconds`` padded audio,
-      codes cut to ``model.frames(lengths)``, with the default ``exact_batches = True`` (on CPU the model then
-      runs the items of a batch one at a time, so the codes must equal (a): 0 differing codes, checked);
-  (b') the same batches with ``exact_batches = False``: the padded batch itself (what ``encode`` always runs on
-      GPU, and ``forward`` everywhere). Its codes equal (a) up to float rounding of near ties;
+  (a) ``model.encode`` on each utterance alone, in the shuffled order: the reference codes;
+  (b) what ``stok-dump-codes --cpu_kernels fast`` runs: the dump engine's length-sorted batches
+      (``stok.dump.bucketing``, at most ``--batch_seconds`` of padded audio and ``--batch_size`` utterances)
+      through ``STDumpModel``: on CPU in fp32 the fast path (:mod:`stok.models.speechtokenizer.fast_encode`),
+      elsewhere ``model.encode`` on the padded batch. Its codes are compared with (a): codes that differ,
+      frames where they differ, and for each such frame the decision margin of the first layer that differs
+      (how much nearer, relatively, the code (b) chose is than the code (a) chose, measured on (b)'s
+      residual): a flip at a float near-tie;
   (c) when the public ``speechtokenizer`` package is installed (and not ``--no_public``): its ``encode`` on each
       utterance alone, with the same weights; its codes are compared with (a) too.
 
-The default set (16 utterances of 1-8 s, ~74 s of audio) runs in about 1 minute on 2 idle CPU cores (about
-6 s of audio per second for (a); the LSTMs dominate on CPU). ``--device cuda --dtype bf16`` runs the same under
-bf16 autocast on a GPU (the quantizer stays in fp32); on GPU (b) is the padded batch.
+``--nproc N`` instead times ``stok-dump-codes --cpu_kernels fast`` end to end (model load, audio reading,
+writing; ``--num_workers 0``) on the same utterances written as float WAV files: one process with every
+thread, then ``torchrun --nproc_per_node N`` (each process ``cores / N`` threads), and compares their codes
+with each other and with (a).
 
-    python bench/st_encode.py [--n_utts 16] [--min_seconds 1] [--max_seconds 8] [--batch_seconds 20]
-                              [--device cpu|cuda] [--dtype fp32|bf16] [--no_public] [--seed 0]
+``--device cuda --dtype bf16`` runs (a) and (b) under bf16 autocast on a GPU (the quantizer stays in fp32).
+
+    python bench/st_encode.py [--n_utts 16] [--min_seconds 1] [--max_seconds 8] [--batch_seconds S]
+                              [--batch_size 64] [--repeats 2] [--device cpu|cuda] [--dtype fp32|bf16]
+                              [--no_public] [--nproc N] [--seed 0]
 """
 
 from __future__ import annotations
@@ -28,7 +35,9 @@ import argparse
 import contextlib
 import importlib.util
 import os
+import subprocess
 import sys
+import tempfile
 import time
 import types
 import warnings
@@ -36,8 +45,12 @@ from typing import List, Optional
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from stok.bin.dump_codes import CPU_BATCH_SECONDS  # noqa: E402
+from stok.dump.bucketing import make_batches  # noqa: E402
 from stok.models.speechtokenizer import SpeechTokenizer, SpeechTokenizerConfig  # noqa: E402
+from stok.models.speechtokenizer.dump_model import STDumpModel  # noqa: E402
 
 SR = 16000
 
@@ -84,18 +97,6 @@ def public_model_class():
     return Public
 
 
-def sorted_batches(lengths: List[int], batch_samples: int) -> List[List[int]]:
-    """Indices, longest first, grouped so that ``items x longest <= batch_samples`` (at least one item)."""
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    batches: List[List[int]] = []
-    for i in order:
-        if batches and (len(batches[-1]) + 1) * lengths[batches[-1][0]] <= batch_samples:
-            batches[-1].append(i)
-        else:
-            batches.append([i])
-    return batches
-
-
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -112,28 +113,110 @@ def run_single(encode, wavs: List[torch.Tensor], device: torch.device, autocast)
     return time.perf_counter() - t0, [c[:, 0] for c in codes]
 
 
-def run_batched(model: SpeechTokenizer, wavs: List[torch.Tensor], batch_seconds: float, device: torch.device,
-                autocast) -> tuple:
-    lengths = [w.numel() for w in wavs]
+def engine_batches(wavs: List[torch.Tensor], batch_seconds: float, batch_size: int) -> List[List[int]]:
+    """The dump engine's batches: length-sorted, within the padded budget and the utterance count."""
+    return make_batches([w.numel() for w in wavs], int(batch_seconds * SR), batch_size)
+
+
+def padded(wavs: List[torch.Tensor], idx: List[int]) -> tuple:
+    lens = torch.tensor([wavs[i].numel() for i in idx])
+    out = torch.zeros(len(idx), int(lens.max()))
+    for row, i in enumerate(idx):
+        out[row, : wavs[i].numel()] = wavs[i]
+    return out, lens
+
+
+def run_dump_model(dump: STDumpModel, wavs: List[torch.Tensor], batches: List[List[int]],
+                   device: torch.device) -> tuple:
+    """``STDumpModel.encode`` per batch, as the engine calls it; codes as ``[n_q, frames]`` per utterance."""
     out: List[Optional[torch.Tensor]] = [None] * len(wavs)
-    batches = sorted_batches(lengths, int(batch_seconds * SR))
     sync(device)
     t0 = time.perf_counter()
     for idx in batches:
-        lens = torch.tensor([lengths[i] for i in idx])
-        padded = torch.zeros(len(idx), 1, int(lens.max()))
-        for row, i in enumerate(idx):
-            padded[row, 0, : lengths[i]] = wavs[i]
-        with autocast():
-            codes = model.encode(padded.to(device), lens.to(device)).cpu()
-        for row, (i, f) in enumerate(zip(idx, model.frames(lens).tolist())):
-            out[i] = codes[:, row, :f]
+        wav, lens = padded(wavs, idx)
+        for i, codes in zip(idx, dump.encode(wav.to(device), lens.to(device))):
+            out[i] = torch.from_numpy(codes).long().t()
     sync(device)
-    return time.perf_counter() - t0, out, len(batches)
+    return time.perf_counter() - t0, out
 
 
 def n_diff(a: List[torch.Tensor], b: List[torch.Tensor]) -> int:
     return sum(int((x != y).sum()) if x.shape == y.shape else max(x.numel(), y.numel()) for x, y in zip(a, b))
+
+
+@torch.no_grad()
+def flip_margins(model: SpeechTokenizer, dump: STDumpModel, wavs: List[torch.Tensor], batches: List[List[int]],
+                 ref: List[torch.Tensor], got: List[torch.Tensor]) -> List[float]:
+    """For each frame whose codes differ, at its first differing layer: ``(d_ref - d_got) / |r|^2``, with ``r``
+    (b)'s residual there and ``d_x`` its squared distance to the vector of the code ``x`` chose (fp64)."""
+    fast = getattr(dump, "fast", None)
+    margins: List[float] = []
+    for idx in batches:
+        if fast is None or all(torch.equal(ref[i], got[i]) for i in idx):
+            continue
+        wav, lens = padded(wavs, idx)
+        for i, z in zip(idx, fast.latents(wav, lens)):
+            for f in (ref[i] != got[i]).any(0).nonzero().flatten().tolist():
+                r = z[:, f].double()
+                for q, layer in enumerate(model.quantizer.layers):
+                    embed = layer._codebook.embed.double()
+                    a, b = int(ref[i][q, f]), int(got[i][q, f])
+                    if a != b:
+                        d_ref, d_got = ((r - embed[a]) ** 2).sum(), ((r - embed[b]) ** 2).sum()
+                        margins.append(float((d_ref - d_got) / (r ** 2).sum()))
+                        break
+                    r = r - embed[b]
+    return margins
+
+
+def write_utterances(root: str, wavs: List[torch.Tensor]) -> str:
+    """The utterances as float WAV files (read back bit for bit) in a Kaldi data dir; returns the dir."""
+    import soundfile as sf
+
+    data = os.path.join(root, "data")
+    os.makedirs(os.path.join(root, "audio"))
+    os.makedirs(data)
+    with open(os.path.join(data, "wav.scp"), "w") as scp, open(os.path.join(data, "utt2dur"), "w") as dur:
+        for i, w in enumerate(wavs):
+            path = os.path.join(root, "audio", f"utt{i:03d}.wav")
+            sf.write(path, w.numpy(), SR, subtype="FLOAT")
+            scp.write(f"utt{i:03d} {path}\n")
+            dur.write(f"utt{i:03d} {w.numel() / SR}\n")
+    return data
+
+
+def timed_dump(launcher: List[str], model_dir: str, data: str, out: str) -> tuple:
+    """Wall seconds of one ``stok-dump-codes`` run, and its codes ``[n_q, frames]`` by utterance index."""
+    from stok.dump.storage import load_codes
+
+    cmd = launcher + ["--model_dir", model_dir, "--data_dir", data, "--output_dir", out, "--device", "cpu",
+                      "--num_workers", "0", "--cpu_kernels", "fast"]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wall = time.perf_counter() - t0
+    codes = {int(k[3:]): torch.from_numpy(v).t() for k, v in load_codes(os.path.join(out, "st_codes.scp"))}
+    return wall, [codes[i] for i in range(len(codes))]
+
+
+def compare_processes(model: SpeechTokenizer, wavs: List[torch.Tensor], ref: List[torch.Tensor], nproc: int,
+                      total: float) -> None:
+    from stok.models.speechtokenizer import save_released
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = save_released(model, os.path.join(tmp, "model"))
+        data = write_utterances(tmp, wavs)
+        one = [sys.executable, "-m", "stok.bin.dump_codes"]
+        many = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+                "-m", "stok.bin.dump_codes"]
+        t1, c1 = timed_dump(one, model_dir, data, os.path.join(tmp, "one"))
+        tn, cn = timed_dump(many, model_dir, data, os.path.join(tmp, "many"))
+    n_codes = sum(c.numel() for c in ref)
+    print(f"\n{'stok-dump-codes, end to end':<48} {'wall s':>8} {'audio s/s':>10} {'codes differing from (a)':>25}")
+    print(f"{'1 process, ' + str(torch.get_num_threads()) + ' threads':<48} {t1:>8.1f} {total / t1:>10.2f} "
+          f"{n_diff(ref, c1):>12d} of {n_codes}")
+    print(f"{f'torchrun --nproc_per_node {nproc}':<48} {tn:>8.1f} {total / tn:>10.2f} {n_diff(ref, cn):>12d} of "
+          f"{n_codes}")
+    print(f"{nproc} processes vs 1: {t1 / tn:.2f}x; codes differing between the two runs: {n_diff(c1, cn)}")
 
 
 def main() -> None:
@@ -141,10 +224,14 @@ def main() -> None:
     p.add_argument("--n_utts", type=int, default=16)
     p.add_argument("--min_seconds", type=float, default=1.0)
     p.add_argument("--max_seconds", type=float, default=8.0)
-    p.add_argument("--batch_seconds", type=float, default=20.0, help="padded audio per batch in (b)")
+    p.add_argument("--batch_seconds", type=float, default=CPU_BATCH_SECONDS,
+                   help="padded audio per batch in (b) (default: stok-dump-codes' CPU default)")
+    p.add_argument("--batch_size", type=int, default=64, help="utterances per batch in (b) (the dump's default)")
+    p.add_argument("--repeats", type=int, default=2, help="rounds of (a), (b), (c); the fastest of each counts")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     p.add_argument("--no_public", action="store_true", help="skip (c), the public package")
+    p.add_argument("--nproc", type=int, default=0, help="time stok-dump-codes: 1 process vs torchrun with N")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
 
@@ -158,6 +245,10 @@ def main() -> None:
     durs = torch.empty(args.n_utts).uniform_(args.min_seconds, args.max_seconds, generator=g)
     wavs = [0.1 * torch.randn(int(d * SR), generator=g) for d in durs]
     total = sum(w.numel() for w in wavs) / SR
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    dump = STDumpModel(model, dtype=dtype)
+    dump.set_fast_cpu(True)  # stok-dump-codes --cpu_kernels fast
+    batches = engine_batches(wavs, args.batch_seconds, args.batch_size)
 
     def autocast():
         if args.dtype == "bf16":
@@ -166,20 +257,15 @@ def main() -> None:
 
     print(f"device {device} ({torch.get_num_threads()} CPU threads), {args.dtype}; model built and codebooks "
           f"filled in {setup:.1f} s; {args.n_utts} utterances, {total:.1f} s of audio "
-          f"({args.min_seconds:g}-{args.max_seconds:g} s)", flush=True)
-    run_batched(model, wavs[:1], args.batch_seconds, device, autocast)  # warm-up (allocator, kernels)
-    t_a, codes_a = run_single(model.encode, wavs, device, autocast)
-    print(f"(a) done in {t_a:.1f} s", flush=True)
-    t_b, codes_b, n_batches = run_batched(model, wavs, args.batch_seconds, device, autocast)
-    print(f"(b) done in {t_b:.1f} s", flush=True)
-    model.exact_batches = False
-    t_p, codes_p, _ = run_batched(model, wavs, args.batch_seconds, device, autocast)
-    model.exact_batches = True
-    print(f"(b') done in {t_p:.1f} s", flush=True)
-    rows = [("(a) stok, one at a time", t_a, n_diff(codes_a, codes_a)),
-            (f"(b) stok, {n_batches} sorted batch{'es' if n_batches > 1 else ''} <= {args.batch_seconds:g} s", t_b,
-             n_diff(codes_a, codes_b)),
-            ("(b') the same, exact_batches=False", t_p, n_diff(codes_a, codes_p))]
+          f"({args.min_seconds:g}-{args.max_seconds:g} s); (b): {len(batches)} batch(es) of <= "
+          f"{args.batch_seconds:g} s, <= {args.batch_size} utterances", flush=True)
+    with torch.no_grad():
+        model.encode(wavs[0][None, None].to(device))  # warm-up (allocator, kernels)
+        run_dump_model(dump, wavs, batches[-1:], device)
+    if args.nproc:
+        _, ref = run_single(model.encode, wavs, device, autocast)
+        compare_processes(model, wavs, ref, args.nproc, total)
+        return
     with warnings.catch_warnings():  # the package's torch.jit.script and weight_norm are deprecated
         warnings.simplefilter("ignore", FutureWarning)
         public = None if args.no_public else public_model_class()
@@ -187,19 +273,43 @@ def main() -> None:
     if theirs is not None:
         theirs.load_state_dict(model.state_dict())
         theirs = theirs.eval().to(device)
-        with torch.no_grad():
-            t_c, codes_c = run_single(theirs.encode, wavs, device, autocast)
-        rows.append(("(c) public speechtokenizer, one at a time", t_c, n_diff(codes_a, codes_c)))
     elif not args.no_public:
         print("(c) skipped: the public speechtokenizer package is not installed")
-
+    times = {"a": [], "b": [], "c": []}
+    for rnd in range(args.repeats):
+        with torch.no_grad():
+            t, codes_a = run_single(model.encode, wavs, device, autocast)
+            times["a"].append(t)
+            t, codes_b = run_dump_model(dump, wavs, batches, device)
+            times["b"].append(t)
+            if theirs is not None:
+                t, codes_c = run_single(theirs.encode, wavs, device, autocast)
+                times["c"].append(t)
+        print(f"round {rnd + 1}: " + ", ".join(f"({k}) {v[-1]:.1f} s" for k, v in times.items() if v), flush=True)
+    t_a, t_b = min(times["a"]), min(times["b"])
+    rows = [("(a) stok model.encode, one at a time", t_a, n_diff(codes_a, codes_a)),
+            (f"(b) stok-dump-codes --cpu_kernels fast, {len(batches)} batch{'es' if len(batches) > 1 else ''}", t_b,
+             n_diff(codes_a, codes_b))]
+    if theirs is not None:
+        rows.append(("(c) public speechtokenizer, one at a time", min(times["c"]), n_diff(codes_a, codes_c)))
     n_codes = sum(c.numel() for c in codes_a)
     print(f"\n{'method':<48} {'wall s':>8} {'audio s/s':>10} {'speed vs (a)':>12} "
           f"{'codes differing from (a)':>25}")
     for name, t, diff in rows:
         print(f"{name:<48} {t:>8.1f} {total / t:>10.2f} {t_a / t:>11.2f}x {diff:>12d} of {n_codes}")
-    if rows[1][2] and device.type == "cpu":
-        raise SystemExit("error: (b) codes differ from one-at-a-time codes")
+    if theirs is not None:
+        print(f"(b) vs (c), the public package one at a time: {min(times['c']) / t_b:.2f}x")
+    margins = flip_margins(model, dump, wavs, batches, codes_a, codes_b)
+    frames = sum(c.shape[1] for c in codes_a)
+    if margins:
+        m = sorted(margins)
+        print(f"(b) vs (a): {len(m)} of {frames} frames differ (a flip, then the later layers of that frame); "
+              f"margin (d_ref - d_b) / |r|^2 at the first flip: max |.| {max(abs(v) for v in m):.1e}, median "
+              f"{m[len(m) // 2]:.1e}")
+    elif rows[1][2]:
+        print("(b) vs (a): codes differ (margins are measured for the CPU fast path only)")
+    else:
+        print(f"(b) vs (a): all {frames} frames identical")
 
 
 if __name__ == "__main__":

@@ -46,6 +46,7 @@ from stok.dump.storage import load_codes
 from stok.models.s3.config import VERSIONS, S3Config, full_config, tiny_config
 from stok.models.s3.frontend import log_mel
 from stok.models.s3.long_audio import plan_windows
+from stok.models.s3.margins import NEAR_TIE, decision_margins
 from stok.models.s3.model import S3Tokenizer, build_model
 from stok.models.s3.onnx_export_official import export_official
 from stok.models.s3.onnx_import import load_onnx
@@ -209,33 +210,6 @@ def assert_weights_converted(graph: Graph) -> None:
     assert graph.converted_keys == sorted(expected) == sorted(loaded)
     for key, value in expected.items():
         assert torch.equal(loaded[key], value), key
-
-
-NEAR_TIE = 1e-5  # decision margins below this are float rounding's call (see decision_margins)
-
-
-def decision_margins(model: S3Tokenizer, mel: torch.Tensor) -> np.ndarray:
-    """How far each of stok's token decisions is from a tie, in float64 from its hidden states (windowed as
-    ``quantize`` windows long inputs). VQ: the gap between the squared distances of the two nearest
-    codebook rows; FSQ: the distance of 0.999 tanh(h) to the nearest rounding boundary (+-0.5), over the 8
-    dimensions. Runtimes that sum in another order (onnxruntime, or another batch shape) can only
-    disagree where this is within float32 rounding of 0."""
-    out = []
-    with torch.no_grad():
-        for w in plan_windows(mel.shape[1], model.cfg):
-            hidden, _ = model.encoder(mel[None, :, w.start: w.end], torch.tensor([w.end - w.start]))
-            h = hidden[0, w.keep_from: w.keep_to].double()
-            q = model.quantizer
-            if model.cfg.quantizer == "vq":
-                x, e = F.normalize(h, dim=-1), q.codebook.double()
-                dist = x.pow(2).sum(-1, keepdim=True) - 2 * x @ e.t() + e.pow(2).sum(-1)
-                two = dist.topk(2, dim=-1, largest=False).values
-                out.append((two[:, 1] - two[:, 0]).numpy())
-            else:
-                z = torch.tanh(F.linear(h, q.project_in.weight.double(), q.project_in.bias.double()))
-                z = z * model.cfg.fsq_scale
-                out.append((z.abs() - 0.5).abs().min(-1).values.numpy())
-    return np.concatenate(out)
 
 
 def assert_same_tokens(expected: np.ndarray, got: np.ndarray, margins: np.ndarray, what: str) -> int:

@@ -125,6 +125,8 @@ def run_dump(args, build_model: Callable[[torch.device], DumpModel], name: str,
     info = distributed.setup(args.device, args.threads)
     show = info.is_main
     model = build_model(info.device)
+    kernels = getattr(args, "cpu_kernels", "auto")
+    model.set_fast_cpu(model.fast_cpu_by_default if kernels == "auto" else kernels == "fast")
     if args.text_output and model.float_output:
         raise UserError(f"--text_output writes integer tokens as text; {name} holds float features: leave it out")
     if args.feature_storage != "float32" and not model.float_output:

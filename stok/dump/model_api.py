@@ -69,6 +69,14 @@ class DumpModel:
         """Move weights to ``device``; models holding an ``nn.Module`` override this."""
         return self
 
+    #: what ``--cpu_kernels auto`` picks: True where the fast kernels can change an output only at float near-ties
+    #: that the model's users accept (tokens, features), False where outputs must be bitwise the reference's
+    fast_cpu_by_default: bool = True
+
+    def set_fast_cpu(self, enabled: bool) -> None:
+        """``--cpu_kernels``: True lets ``encode`` use the model's CPU fast kernels in fp32 (same values to float32
+        rounding); False runs its plain reference modules. Default: the model has no such kernels."""
+
     @torch.inference_mode()
     def encode(self, padded: torch.Tensor, lengths: torch.Tensor) -> List[np.ndarray]:
         """Turn one padded batch into one numpy array per utterance (see module docstring)."""

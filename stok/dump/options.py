@@ -9,6 +9,8 @@ import os
 from stok.cli import UserError
 from stok.dump.storage import FEATURE_STORAGES
 
+CPU_KERNELS = ("auto", "fast", "reference")
+
 
 def add_dump_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("input and output (dump engine)")
@@ -44,6 +46,12 @@ def add_dump_args(parser: argparse.ArgumentParser) -> None:
                    help="batch in key order instead of by length (more padding; for comparisons)")
     b.add_argument("--num_workers", type=int, default=2, help="DataLoader worker processes reading audio (0: in-process)")
     b.add_argument("--threads", type=int, default=0, help="torch CPU threads per process (0: cores / processes)")
+    b.add_argument("--cpu_kernels", choices=CPU_KERNELS, default="auto",
+                   help="on CPU in fp32: fast = stok's kernels (prepacked oneDNN matrix products, fused front ends, "
+                        "batched LSTMs: the same values to float32 rounding, so a token or code can differ from "
+                        "reference only where two choices are that close to a tie); reference = torch's plain "
+                        "modules, each utterance's result as computed alone; auto = fast for S3Tokenizer tokens and "
+                        "HuBERT features, reference for SpeechTokenizer codes (bitwise the released package's)")
 
 
 def check_dump_args(args: argparse.Namespace) -> None:

@@ -133,6 +133,9 @@ class HubertTeacher(Teacher):
         self.extractor.to(device)
         return self
 
+    def set_fast_cpu(self, enabled: bool) -> None:
+        self.extractor.set_fast_cpu(enabled)
+
     @property
     def device(self) -> torch.device:
         return self.extractor.device

@@ -15,6 +15,12 @@ acts frame by frame or is masked, so the valid frames equal a one-at-a-time run 
 front end on the padded batch with the GroupNorm statistics computed over each item's valid frames only
 (also exact; faster on GPUs with many short items); ``auto`` uses it on CUDA and the per-item loop on CPU.
 
+**CPU kernels.** ``fast_cpu=True`` (default) on CPU in float32: the conv front end and the positional convolution
+run through :mod:`stok.models.hubert.cpu_kernels` and the transformer's Linear layers with prepacked oneDNN weights
+(:mod:`stok.models.packed_linear`; the extractor turns its model's Linear layers into ``PackedLinear`` in place,
+same parameters). Same products, other summation orders: features agree with torchaudio's to float32 rounding
+(<= 1e-4 at full size, tests/test_cpu_fast_paths.py). ``fast_cpu=False`` runs torchaudio's own modules.
+
 **Frames.** Chunk or utterance of ``n >= 400`` samples -> ``floor((n - 400) / 320) + 1`` frames (frame k covers
 samples ``[320k, 320k + 400)``). Items shorter than 400 samples are zero-padded to 400 (one frame). Alignment to
 codec frames (``ceil(n / 320)``) is the caller's (:func:`stok.models.frames.align_teacher`).
@@ -47,6 +53,8 @@ import torch.nn.functional as F
 
 from stok.models.hubert import LoadedHubert
 from stok.models.hubert.configs import ConfigError
+from stok.models.hubert.cpu_kernels import FastFrontend, FastPosConv
+from stok.models.packed_linear import use_packed_linears
 
 RECEPTIVE_FIELD = 400
 HOP = 320
@@ -101,7 +109,7 @@ class HubertExtractor:
 
     def __init__(self, loaded: LoadedHubert, layer: Union[int, str] = "avg", normalize: Optional[bool] = None,
                  max_chunk: int = DEFAULT_MAX_CHUNK, dtype: Union[str, torch.dtype] = "float32",
-                 frontend: str = "auto"):
+                 frontend: str = "auto", fast_cpu: bool = True):
         self.loaded = loaded
         self.model = loaded.model.eval()
         for p in self.model.parameters():
@@ -122,10 +130,21 @@ class HubertExtractor:
             raise ValueError("frontend must be auto, per_item or batched")
         self.frontend = frontend
         self.dim = self.config["encoder_embed_dim"]
+        self.fast_cpu = bool(fast_cpu)
+        use_packed_linears(self.model.encoder, self.fast_cpu)
+        fe = self.model.feature_extractor
+        self._fast_frontend = FastFrontend(fe) if FastFrontend.supports(fe) else None
+        self._fast_pos = FastPosConv(self.model.encoder.transformer.pos_conv_embed)
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    def set_fast_cpu(self, enabled: bool) -> "HubertExtractor":
+        """The CPU kernels (see module docstring) on or off; off, the model is torchaudio's modules again."""
+        self.fast_cpu = bool(enabled)
+        use_packed_linears(self.model.encoder, self.fast_cpu)
+        return self
 
     def to(self, device) -> "HubertExtractor":
         self.model.to(device)
@@ -137,7 +156,12 @@ class HubertExtractor:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.dtype)
 
+    def _fast(self, device: torch.device) -> bool:
+        return self.fast_cpu and device.type == "cpu" and self.dtype == torch.float32
+
     def _frontend_per_item(self, chunks: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+        if self._fast_frontend is not None and self._fast(chunks[0].device):
+            return [self._fast_frontend(c) for c in chunks]
         fe = self.model.feature_extractor
         return [fe(c[None], None)[0][0] for c in chunks]
 
@@ -171,7 +195,12 @@ class HubertExtractor:
             x = x.masked_fill(pad[..., None], 0.0)
             mask = (~pad)[:, None, None, :].expand(B, 1, T, T)  # boolean: True = may attend
         tr = enc.transformer
-        x = tr._preprocess(x)  # + positional conv; LayerNorm here for post-LN (base)
+        if self._fast(x.device):  # tr._preprocess with the fast positional convolution (dropout: eval)
+            x = x + self._fast_pos(x)
+            if tr.layer_norm_first:
+                x = tr.layer_norm(x)
+        else:
+            x = tr._preprocess(x)  # + positional conv; LayerNorm here for post-LN (base)
         layers = tr.layers
         if self.layer == "avg":
             total = x.float()

@@ -50,8 +50,9 @@ def load_checkpoint(path: str, version: Optional[str] = None, window_batch: int 
     if version and version != blob["version"]:
         raise CheckpointError(f"{path} holds an S3Tokenizer {blob['version']}, but version {version} was asked")
     cfg = S3Config.from_dict(blob["config"])
-    model = S3Tokenizer(cfg, window_batch=window_batch)
-    model.load_state_dict(blob["state_dict"], strict=True)
+    with torch.device("meta"):  # no random initialisation of weights about to be replaced (~1 s at full size)
+        model = S3Tokenizer(cfg, window_batch=window_batch)
+    model.load_state_dict(blob["state_dict"], strict=True, assign=True)
     for name, eps in blob.get("ln_eps", {}).items():
         model.get_submodule(name).eps = eps
     model.info.update(source=blob.get("source"), source_sha256=blob.get("source_sha256"), demo=bool(blob.get("demo")),

@@ -39,6 +39,9 @@ class S3DumpModel(DumpModel):
         self.model.to(device)
         return self
 
+    def set_fast_cpu(self, enabled: bool) -> None:
+        self.model.set_fast_cpu(enabled)
+
     @torch.inference_mode()
     def encode(self, padded: torch.Tensor, lengths: torch.Tensor) -> List[np.ndarray]:
         codes, code_lens = self.model.quantize(padded, lengths)

@@ -7,6 +7,12 @@ masked in attention, and the FSMN memory (v2, v3) masks its input and output.
 
 Module and parameter names follow the official graphs' module scopes (``conv1``, ``blocks.N.attn.query``,
 ``blocks.N.mlp.0`` ...), which is what ``stok.models.s3.onnx_import`` maps onto.
+
+CPU kernels (``fast_cpu``, on by default; ``S3Tokenizer.set_fast_cpu(False)`` gives the plain reference path):
+the Linear layers run through oneDNN with prepacked weights (``stok.models.packed_linear``), the FSMN's depthwise
+convolution is a sum of 31 shifted multiply-adds on the [B, T, D] layout (oneDNN's depthwise kernel is ~5x slower
+here), and attention gets no mask when no frame is padded. Same products, other summation orders: hidden states
+agree to float32 rounding, so only near-tie tokens can change (tests/test_cpu_fast_paths.py).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stok.models.packed_linear import PackedLinear
 from stok.models.s3.config import S3Config
 
 
@@ -48,15 +55,30 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([-x[..., half:], x[..., :half]], dim=-1)
 
 
+def fsmn_shifted_sum(vm: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
+    """Depthwise ``conv1d(vm [B, T, D] as channels, taps [D, 1, K], zero padding (K-1)/2)`` as K shifted
+    multiply-adds in the [B, T, D] layout (tap 0 first, as a direct convolution sums)."""
+    k = taps.shape[-1]
+    t = vm.shape[1]
+    w = taps[:, 0, :].t().contiguous()  # [K, D]
+    vp = F.pad(vm, (0, 0, (k - 1) // 2, (k - 1) // 2))
+    out = vp[:, 0:t] * w[0]
+    for j in range(1, k):
+        out.addcmul_(vp[:, j: j + t], w[j])
+    return out
+
+
 class Attention(nn.Module):
+    fast_cpu: bool = True
+
     def __init__(self, cfg: S3Config):
         super().__init__()
         d = cfg.d_model
         self.n_heads = cfg.n_heads
-        self.query = nn.Linear(d, d)
-        self.key = nn.Linear(d, d, bias=False)
-        self.value = nn.Linear(d, d)
-        self.out = nn.Linear(d, d)
+        self.query = PackedLinear(d, d)
+        self.key = PackedLinear(d, d, bias=False)
+        self.value = PackedLinear(d, d)
+        self.out = PackedLinear(d, d)
         self.fsmn_block = (nn.Conv1d(d, d, cfg.fsmn_kernel, padding=(cfg.fsmn_kernel - 1) // 2, groups=d, bias=False)
                            if cfg.fsmn_kernel else None)
 
@@ -79,7 +101,10 @@ class Attention(nn.Module):
         out = self.out(att.transpose(1, 2).reshape(b, t, d))
         if self.fsmn_block is not None:
             vm = v * frame_mask
-            mem = self.fsmn_block(vm.transpose(1, 2)).transpose(1, 2)
+            if self.fast_cpu and vm.device.type == "cpu" and not torch.is_grad_enabled():
+                mem = fsmn_shifted_sum(vm, self.fsmn_block.weight)
+            else:
+                mem = self.fsmn_block(vm.transpose(1, 2)).transpose(1, 2)
             out = out + (mem + vm) * frame_mask
         return out
 
@@ -91,7 +116,7 @@ class Block(nn.Module):
         self.attn_ln = LayerNorm32(d, eps=cfg.ln_eps)
         self.attn = Attention(cfg)
         self.mlp_ln = LayerNorm32(d, eps=cfg.ln_eps)
-        self.mlp = nn.Sequential(nn.Linear(d, d * cfg.mlp_ratio), nn.GELU(), nn.Linear(d * cfg.mlp_ratio, d))
+        self.mlp = nn.Sequential(PackedLinear(d, d * cfg.mlp_ratio), nn.GELU(), PackedLinear(d * cfg.mlp_ratio, d))
 
     def forward(self, x, key_mask, frame_mask, rope):
         x = x + self.attn(self.attn_ln(x), key_mask, frame_mask, rope)
@@ -99,6 +124,8 @@ class Block(nn.Module):
 
 
 class Encoder(nn.Module):
+    fast_cpu: bool = True
+
     def __init__(self, cfg: S3Config):
         super().__init__()
         self.cfg = cfg
@@ -141,6 +168,8 @@ class Encoder(nn.Module):
         else:
             rope = self._rope(t, x.device, dtype)
         key_mask = valid[:, None, None, :]  # [B, 1, 1, T']: True = attend
+        if self.fast_cpu and x.device.type == "cpu" and bool(valid.all()):
+            key_mask = None  # nothing padded: the unmasked kernel
         frame_mask = valid[:, :, None].to(dtype)
         x = x.contiguous()
         for block in self.blocks:

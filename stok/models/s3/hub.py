@@ -20,9 +20,22 @@ import torch
 from stok.models.s3.checkpoint import CheckpointError, load_checkpoint, read_metadata, save_checkpoint
 from stok.models.s3.config import VERSIONS
 from stok.models.s3.model import S3Tokenizer
-from stok.models.s3.onnx_import import file_sha256, load_onnx
 
 log = logging.getLogger("stok.s3")
+
+
+def load_onnx(*args, **kwargs) -> S3Tokenizer:
+    """``stok.models.s3.onnx_import.load_onnx``, imported on first use (``onnx`` takes ~1 s to import, which
+    every process loading a checkpoint would otherwise pay)."""
+    from stok.models.s3.onnx_import import load_onnx as load
+
+    return load(*args, **kwargs)
+
+
+def file_sha256(path: str) -> str:
+    from stok.models.s3.onnx_import import file_sha256 as sha256
+
+    return sha256(path)
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from typing import List, Optional, Tuple
 import torch
 from torch import nn
 
+from stok.models.packed_linear import PackedLinear
 from stok.models.s3.config import S3Config
 from stok.models.s3.encoder import Encoder, LayerNorm32, init_random
 from stok.models.s3.long_audio import Window, plan_windows
@@ -48,6 +49,22 @@ class S3Tokenizer(nn.Module):
             if isinstance(m, LayerNorm32):
                 m.float()
         self.quantizer.float()
+        return self
+
+    def set_fast_cpu(self, enabled: bool = True) -> "S3Tokenizer":
+        """CPU kernels (default on): prepacked oneDNN Linear layers and codebook product, the FSMN as shifted
+        multiply-adds, no attention mask when nothing is padded (see ``stok.models.s3.encoder``). Off: the plain
+        reference path (and the packed copies are freed). Either way GPUs, other dtypes and gradients take the
+        plain path."""
+        for m in self.modules():
+            if isinstance(m, PackedLinear):
+                m.packed = bool(enabled)
+                if not enabled:
+                    m.__dict__.pop("_weight_pack", None)
+            if hasattr(m, "fast_cpu"):
+                m.fast_cpu = bool(enabled)
+        if not enabled and hasattr(self.quantizer, "_pack"):
+            self.quantizer._pack.clear()
         return self
 
     def freeze(self) -> "S3Tokenizer":

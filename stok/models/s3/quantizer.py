@@ -1,7 +1,8 @@
 """S3Tokenizer quantizers, always computed in float32 (also when the encoder runs in bf16/fp16).
 
 - v1: VQ. Hidden states L2-normalised; token = the Euclidean-nearest codebook row
-  (distance |x|^2 - 2 x.e + |e|^2, in the official graph's order; first index on ties).
+  (distance |x|^2 - 2 x.e + |e|^2, in the official graph's order; first index on ties). With ``fast_cpu`` the
+  product x.e runs through oneDNN with the codebook prepacked (``stok.models.packed_linear``).
 - v2/v3: FSQ. ``project_in`` Linear(D -> 8); digit_i = round(0.999 * tanh(h_i)) + 1 in {0, 1, 2};
   token = sum_i digit_i * 3^i (dimension 0 least significant).
 """
@@ -12,18 +13,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stok.models.packed_linear import WeightPack
 from stok.models.s3.config import S3Config
 
 
 class VQQuantizer(nn.Module):
+    fast_cpu: bool = True
+
     def __init__(self, cfg: S3Config):
         super().__init__()
         self.codebook = nn.Parameter(torch.zeros(cfg.codebook_size, cfg.d_model))
+        self._pack = WeightPack()
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         x = F.normalize(hidden.float(), p=2.0, dim=-1)
         e = self.codebook.float()
-        dist = (x.pow(2).sum(-1, keepdim=True) - 2.0 * (x @ e.t())) + e.pow(2).sum(-1)
+        xe = self._pack.linear(x, e) if self.fast_cpu else x @ e.t()
+        dist = (x.pow(2).sum(-1, keepdim=True) - 2.0 * xe) + e.pow(2).sum(-1)
         return dist.argmin(dim=-1).to(torch.int32)
 
 
