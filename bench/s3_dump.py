@@ -63,6 +63,7 @@ from stok.models.s3.margins import classify_differences, decision_margins  # noq
 from stok.models.s3.model import build_model  # noqa: E402
 from stok.models.s3.onnx_export_official import export_official  # noqa: E402
 from tests.conftest import speechlike  # noqa: E402  (the tests' synthetic voiced signal)
+from tests.s3_helpers import spread_codebook  # noqa: E402
 
 
 def make_corpus(root: str, n: int, lo: float, hi: float, seed: int):
@@ -175,22 +176,6 @@ def peer_batches(peer, keys, paths, size=32):
     return out
 
 
-@torch.no_grad()
-def spread_codebook(model, paths, seed=0):
-    """v1: codebook rows = L2-normalised encoder outputs of a few utterances, perturbed (a learned codebook
-    sits among the encoder's outputs; random rows all collapse to a handful of tokens)."""
-    frames = []
-    for p in paths:
-        mel = log_mel(load_audio(p, 16000))
-        hidden, _ = model.encoder(mel[None], torch.tensor([mel.shape[1]]))
-        frames.append(torch.nn.functional.normalize(hidden[0].float(), dim=-1))
-    x = torch.cat(frames)
-    g = torch.Generator().manual_seed(seed)
-    rows = x[torch.randint(0, x.shape[0], (model.cfg.codebook_size,), generator=g)]
-    rows = rows + 0.3 * x.std(0) * torch.randn(rows.shape, generator=g)
-    model.quantizer.codebook.copy_(torch.nn.functional.normalize(rows, dim=-1))
-
-
 def s3_flops(cfg, num_frames: int) -> float:
     """Multiply-add FLOPs (x2) of one utterance: conv stem, per block the 4 projections, QK^T and AV, the FFN and
     the FSMN taps, and the quantizer product (norms, softmax and activations left out); windows as ``quantize``."""
@@ -271,7 +256,7 @@ def main(argv=None):
     for version in args.versions.split(","):
         model = build_model(full_config(version), seed=0)
         if model.cfg.quantizer == "vq":
-            spread_codebook(model, paths[:3])
+            spread_codebook(model, [log_mel(load_audio(p, 16000)) for p in paths[:3]])
         ckpt = os.path.join(work, f"s3_{version}.pt")
         if "d" in modes:
             save_checkpoint(model, ckpt)

@@ -51,6 +51,7 @@ from stok.bin.dump_codes import CPU_BATCH_SECONDS  # noqa: E402
 from stok.dump.bucketing import make_batches  # noqa: E402
 from stok.models.speechtokenizer import SpeechTokenizer, SpeechTokenizerConfig  # noqa: E402
 from stok.models.speechtokenizer.dump_model import STDumpModel  # noqa: E402
+from tests.st_helpers import flip_margins as st_flip_margins  # noqa: E402
 
 SR = 16000
 
@@ -147,8 +148,8 @@ def n_diff(a: List[torch.Tensor], b: List[torch.Tensor]) -> int:
 @torch.no_grad()
 def flip_margins(model: SpeechTokenizer, dump: STDumpModel, wavs: List[torch.Tensor], batches: List[List[int]],
                  ref: List[torch.Tensor], got: List[torch.Tensor]) -> List[float]:
-    """For each frame whose codes differ, at its first differing layer: ``(d_ref - d_got) / |r|^2``, with ``r``
-    (b)'s residual there and ``d_x`` its squared distance to the vector of the code ``x`` chose (fp64)."""
+    """For each frame whose codes differ, at its first differing layer: ``(d_ref - d_got) / |r|^2`` on (b)'s
+    latents (``tests.st_helpers.flip_margins``)."""
     fast = getattr(dump, "fast", None)
     margins: List[float] = []
     for idx in batches:
@@ -156,16 +157,7 @@ def flip_margins(model: SpeechTokenizer, dump: STDumpModel, wavs: List[torch.Ten
             continue
         wav, lens = padded(wavs, idx)
         for i, z in zip(idx, fast.latents(wav, lens)):
-            for f in (ref[i] != got[i]).any(0).nonzero().flatten().tolist():
-                r = z[:, f].double()
-                for q, layer in enumerate(model.quantizer.layers):
-                    embed = layer._codebook.embed.double()
-                    a, b = int(ref[i][q, f]), int(got[i][q, f])
-                    if a != b:
-                        d_ref, d_got = ((r - embed[a]) ** 2).sum(), ((r - embed[b]) ** 2).sum()
-                        margins.append(float((d_ref - d_got) / (r ** 2).sum()))
-                        break
-                    r = r - embed[b]
+            margins += st_flip_margins(model, z, ref[i], got[i])
     return margins
 
 

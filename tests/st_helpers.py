@@ -80,3 +80,22 @@ def move_codes(codebooks: Sequence[torch.nn.Module], codes: torch.Tensor, target
         for name in ("embed", "embed_avg", "cluster_size"):
             buf = getattr(cb, name)
             buf[[used, target]] = buf[[target, used]].clone()
+
+
+@torch.no_grad()
+def flip_margins(model, z: torch.Tensor, ref: torch.Tensor, got: torch.Tensor) -> List[float]:
+    """How near a tie each code flip is: for each frame whose codes ``ref`` and ``got`` (``[n_q, frames]``)
+    differ, at its first differing layer, ``(d_ref - d_got) / |r|^2`` with ``r`` the residual there of the
+    latents ``z`` (``[dimension, frames]``, the ones that gave ``got``) and ``d_x`` its squared distance to the
+    row of the code ``x`` chose (fp64)."""
+    out = []
+    for f in (ref != got).any(0).nonzero().flatten().tolist():
+        r = z[:, f].double()
+        for q, layer in enumerate(model.quantizer.layers):
+            embed = layer._codebook.embed.double()
+            a, b = int(ref[q, f]), int(got[q, f])
+            if a != b:
+                out.append(float((((r - embed[a]) ** 2).sum() - ((r - embed[b]) ** 2).sum()) / (r ** 2).sum()))
+                break
+            r = r - embed[b]
+    return out

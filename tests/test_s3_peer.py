@@ -38,7 +38,6 @@ import onnx
 import pytest
 import soundfile as sf
 import torch
-import torch.nn.functional as F
 
 from stok.bin import dump_s3
 from stok.data.audio import load_audio
@@ -52,6 +51,7 @@ from stok.models.s3.onnx_export_official import export_official
 from stok.models.s3.onnx_import import load_onnx
 from tests.conftest import REPO, require_peer
 from tests.s3_layout_helpers import legacy_projection_bias_constant, legacy_rotary_initializers
+from tests.s3_helpers import spread_codebook
 
 CORPUS = os.path.join(REPO, "recipes", "demo", "corpus")
 PEER_NAMES = {"v1_50hz": "speech_tokenizer_v1", "v1_25hz": "speech_tokenizer_v1_25hz",
@@ -77,21 +77,6 @@ def demo() -> Demo:
     train = sorted(glob.glob(os.path.join(CORPUS, "train-clean-demo", "*", "*", "*.flac")))
     assert len(dev) == 10 and len(train) == 54
     return Demo({os.path.basename(p)[:-5]: p for p in dev}, train)
-
-
-def spread_codebook(model: S3Tokenizer, paths: List[str], seed: int = 0) -> None:
-    """v1: codebook rows = L2-normalised encoder outputs of ``paths``' frames, perturbed, so tokens spread."""
-    frames = []
-    for p in paths:
-        mel = log_mel(load_audio(p, 16000))
-        hidden, _ = model.encoder(mel[None], torch.tensor([mel.shape[1]]))
-        frames.append(F.normalize(hidden[0].float(), dim=-1))
-    x = torch.cat(frames)
-    g = torch.Generator().manual_seed(seed)
-    rows = x[torch.randint(0, x.shape[0], (model.cfg.codebook_size,), generator=g)]
-    noise = 0.3 * x.std(0) * torch.randn(rows.shape, generator=g)
-    with torch.no_grad():
-        model.quantizer.codebook.copy_(F.normalize(rows + noise, dim=-1))
 
 
 def peer_name(stok_key: str) -> str:
@@ -136,7 +121,7 @@ class Graph:
 def write_graph(version: str, cfg: S3Config, root, demo: Demo, metadata: bool, reimport: bool) -> Graph:
     model = build_model(cfg, seed=17)
     if cfg.quantizer == "vq":
-        spread_codebook(model, demo.train[:3])
+        spread_codebook(model, [log_mel(load_audio(p, 16000)) for p in demo.train[:3]])
     path = str(root / f"{PEER_NAMES[version]}.onnx")
     meta = {"stok_version": version, "stok_config": json.dumps(cfg.to_dict())} if metadata else None
     export_official(model, path, metadata=meta)

@@ -130,8 +130,7 @@ class HubertExtractor:
             raise ValueError("frontend must be auto, per_item or batched")
         self.frontend = frontend
         self.dim = self.config["encoder_embed_dim"]
-        self.fast_cpu = bool(fast_cpu)
-        use_packed_linears(self.model.encoder, self.fast_cpu)
+        self.set_fast_cpu(fast_cpu)
         fe = self.model.feature_extractor
         self._fast_frontend = FastFrontend(fe) if FastFrontend.supports(fe) else None
         self._fast_pos = FastPosConv(self.model.encoder.transformer.pos_conv_embed)
