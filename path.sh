@@ -8,5 +8,7 @@ if [ ! -x "$STOK_VENV/bin/python" ] || ! "$STOK_VENV/bin/python" -c "import stok
   bash "$STOK_ROOT/local/install.sh" "$STOK_VENV" || { echo "path.sh: install failed" >&2; return 1 2>/dev/null || exit 1; }
 fi
 export PATH="$STOK_VENV/bin:$PATH"
+# this checkout's stok first, whatever the venv's editable install points at (several checkouts share one venv)
+export PYTHONPATH="$STOK_ROOT${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 export STOK_ROOT STOK_VENV
