@@ -25,9 +25,9 @@ import stok.dump.lhotse_storage  # noqa: F401 - registers the reader of stok's a
 from stok.bin import dump_codes, dump_features, dump_s3, export_shar, kmeans, make_demo_s3, prepare
 from stok.data.audio import read_raw, to_mono
 from stok.dump.engine import run_dump
-from stok.dump.model_api import DumpModel
-from stok.dump.options import add_dump_args
-from stok.dump.storage import load_codes
+from stok.core.model_api import DumpModel
+from stok.dump.settings import DumpSettings, add_dump_arguments
+from stok.core.storage import load_codes
 from stok.models.speechtokenizer import SpeechTokenizer, SpeechTokenizerConfig, save_released
 from tests.conftest import REPO, speechlike
 
@@ -196,11 +196,11 @@ def test_released_code_ranges_through_the_engine_from_a_bare_wav_scp(tmp_path):
     sf.write(audio / "b.wav", speechlike(2.5, seed=6), 16000)
     (tmp_path / "wav.scp").write_text(f"a {audio / 'a.flac'}\nb cat {audio / 'b.wav'} |\n")
     parser = argparse.ArgumentParser()
-    add_dump_args(parser)
+    add_dump_arguments(parser)
     for name, codes in (("st_codes", True), ("s3_tokens", False)):
         out = str(tmp_path / name)
         args = parser.parse_args(["--wav_scp", str(tmp_path / "wav.scp"), "--output_dir", out, *DUMP_OPTS])
-        summary = run_dump(args, lambda device, codes=codes: ReleasedRange(codes), name=name)
+        summary = run_dump(DumpSettings.from_args(args), lambda device, codes=codes: ReleasedRange(codes), name=name)
         assert summary["cuts_written"] == 2
         assert summary["cuts"]["sources"] == {os.path.abspath(tmp_path / "wav.scp"): 2}  # no manifests: from wav.scp
         ref = stored(out, name)

@@ -27,7 +27,8 @@ import os
 import re
 from typing import Dict, List
 
-from stok.cli import UserError, entry_point
+from stok.bin.entry import entry_point
+from stok.core.errors import UserError
 
 log = logging.getLogger("stok.shar")
 AUDIO_FORMATS = ("flac", "wav", "original", "none")

@@ -33,7 +33,9 @@ import os
 import sys
 import time
 
-from stok.cli import UserError, check_output_dir, entry_point
+from stok.bin.entry import entry_point
+from stok.core.errors import UserError
+from stok.core.fileio import check_output_dir
 from stok.data.prepare import CORPORA
 
 HELP = {

@@ -24,7 +24,8 @@ import logging
 import os
 import sys
 
-from stok.cli import UserError, entry_point
+from stok.bin.entry import entry_point
+from stok.core.errors import UserError
 from stok.train.config import load_config
 
 
@@ -67,15 +68,15 @@ def main(argv=None) -> dict:
         overrides.append(f"data.num_workers={args.num_workers}")
     cfg = load_config(args.config, overrides)
 
-    from stok.dump import distributed
-    from stok.train.trainer import DistInfo, Paths, Trainer
+    from stok.core import distributed
+    from stok.train.trainer import Paths, Trainer
 
     info = distributed.setup(args.device, args.threads)
     logging.basicConfig(level=logging.INFO if info.is_main else logging.WARNING,
                         format=f"%(asctime)s [rank {info.rank}] %(levelname)s %(message)s", stream=sys.stderr)
     paths = Paths(args.exp_dir, args.data_dir, args.dev_dir, args.teacher_scp, args.dev_teacher_scp)
     try:  # every check runs here, before anything is written to --exp_dir
-        trainer = Trainer(cfg, paths, DistInfo(info.rank, info.world, info.local_rank, info.device),
+        trainer = Trainer(cfg, paths, info,
                           max_steps=args.max_steps, resume=args.resume, show_progress=not args.quiet)
     except BaseException:
         distributed.cleanup(info)

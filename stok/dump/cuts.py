@@ -8,8 +8,8 @@ as float32). Cut ids, recordings and supervisions come from stage 0's manifests 
 from the dump's Kaldi dir / wav.scp (``stok.dump.cut_sources``). Only utterances in the scp get a cut
 (failed ones are absent); the dump's summary JSON gets ``cuts_written`` and a ``cuts`` block.
 
-Hooks: :func:`write_dump_cuts` (the dump engine, rank 0, after the merge) and :func:`write_label_cuts`
-(k-means labels computed from a feature dump). ``--overwrite`` removes the cut set with the dump's outputs.
+Hook: :func:`write_dump_cuts` (the dump engine, after the merge), with the cut source of the dump's input
+(:mod:`stok.dump.inputs`). ``--overwrite`` removes the cut set with the dump's outputs.
 """
 
 from __future__ import annotations
@@ -24,19 +24,16 @@ from lhotse import CutSet
 from lhotse.array import Array, TemporalArray, seconds_to_frames
 from lhotse.cut import Cut
 
-from stok.data.kaldi_dir import KaldiDir, read_kaldi_dir, read_segments, read_wav_scp
-from stok.dump.ark_record import read_shape, split_location
-from stok.dump.cut_sources import ChainSource, DumpCuts, FramesOnlyCuts, KaldiCuts, ManifestCuts, find_manifest, \
-    load_manifest
+from stok.core.ark import read_shape, split_location
+from stok.core.failed import read_failed
+from stok.core.fileio import atomic_open
+from stok.core.storage import read_scp_entries
+from stok.dump.cut_sources import ChainSource
 from stok.dump.lhotse_storage import CODES_STORAGE_TYPE, STORAGE_TYPE, make_key
-from stok.dump.merge import read_failed
-from stok.dump.storage import read_scp_entries
-from stok.fileio import atomic_open
-from stok.models.frames import HOP, SAMPLE_RATE
+from stok.dump.outputs import CUTS_FILE
 
 log = logging.getLogger("stok.dump")
 
-CUTS_FILE = "cuts.jsonl.gz"
 CODE_DUMPS = ("st_codes",)  # integer matrices stored as float32: loaded back as int32
 
 
@@ -119,29 +116,10 @@ def record_in_summary(out_dir: str, name: str, info: dict, summary: Optional[dic
         json.dump(summary, f, indent=2)
 
 
-def _dump_input(args) -> Tuple[KaldiDir, str]:
-    if args.data_dir:
-        return read_kaldi_dir(args.data_dir), args.data_dir
-    wav_scp = read_wav_scp(args.wav_scp)
-    segments = read_segments(args.segments, wav_scp) if args.segments else None
-    return KaldiDir(wav_scp=wav_scp, segments=segments), args.wav_scp
-
-
-def manifest_for(args) -> Tuple[Optional[str], str]:
-    """Stage 0's manifest for the dump's input: ``--manifest_dir`` (default: ``manifests`` beside the data
-    dir, i.e. ``data/manifests`` for ``data/<split>``), file ``*_cuts_<split>.jsonl.gz``."""
-    data = os.path.abspath(args.data_dir or os.path.dirname(os.path.abspath(args.wav_scp)))
-    split = os.path.basename(os.path.normpath(data))
-    manifest_dir = getattr(args, "manifest_dir", None) or os.path.join(os.path.dirname(os.path.normpath(data)), "manifests")
-    if not os.path.isdir(manifest_dir):
-        return None, f"no directory {manifest_dir}"
-    return find_manifest(manifest_dir, split)
-
-
-def write_dump_cuts(args, out_dir: str, name: str, summary: dict) -> dict:
-    """The dump engine's hook (rank 0, after the merge): the cut set of the dump in ``out_dir``; ``summary``
-    (the merged summary, holding the model's ``describe()`` under ``model``) gets ``cuts_written`` and
-    ``cuts`` and is written again."""
+def write_dump_cuts(out_dir: str, name: str, summary: dict, source: ChainSource) -> dict:
+    """The dump engine's hook (after the merge): the cut set of the dump in ``out_dir``, cuts from ``source``
+    (:meth:`stok.dump.inputs.AudioInput.cut_source` ...); ``summary`` (the merged summary, holding the model's
+    ``describe()`` under ``model``) gets ``cuts_written`` and ``cuts`` and is written again."""
     model_meta = summary.get("model") or {}
     frame_shift = frame_shift_of(model_meta)
     if frame_shift is None:
@@ -151,49 +129,10 @@ def write_dump_cuts(args, out_dir: str, name: str, summary: dict) -> dict:
             os.remove(os.path.join(out_dir, CUTS_FILE))
         record_in_summary(out_dir, name, info, summary)
         return info
-    kd, where = _dump_input(args)
-    manifest, why = manifest_for(args)
-    if manifest is None and getattr(args, "manifest_dir", None):
-        log.warning("--manifest_dir %s: %s; cuts are built from %s", args.manifest_dir, why, where)
-    manifest_cuts = ManifestCuts(load_manifest(manifest), manifest, kd.segments) if manifest else None
-    source = ChainSource([manifest_cuts, KaldiCuts(kd, where)])
     info = write_cut_set(out_dir, name, frame_shift, source, codes=name in CODE_DUMPS or "codebook_size" in model_meta)
+    if model_meta.get("frame_shift_from"):
+        info["frame_shift_from"] = model_meta["frame_shift_from"]
     record_in_summary(out_dir, name, info, summary)
     log.info("%s: %d cuts (%s) -> %s", name, info["written"],
              ", ".join(f"{n} from {s}" for s, n in info["sources"].items()) or "none", info["path"])
-    return info
-
-
-def _feats_frame_shift(feats_scp: str, feats_cuts: Optional[DumpCuts]) -> Tuple[float, str]:
-    if feats_cuts is not None:
-        for c in feats_cuts.by_id.values():
-            for v in (c.custom or {}).values():
-                if isinstance(v, TemporalArray):
-                    return v.frame_shift, feats_cuts.path
-            break
-    stem = os.path.splitext(os.path.abspath(feats_scp))[0]
-    try:
-        with open(stem + ".summary.json") as f:
-            shift = frame_shift_of(json.load(f).get("model"))
-        if shift:
-            return shift, stem + ".summary.json"
-    except (OSError, ValueError):
-        pass
-    return HOP / SAMPLE_RATE, "stok's frame rule (stok.models.frames)"
-
-
-def write_label_cuts(out_dir: str, name: str, feats_scp: str, summary: Optional[dict] = None) -> dict:
-    """k-means labels of a feature dump: the feature dump's cuts (``cuts.jsonl.gz`` beside ``feats_scp``) with
-    the labels instead of the features; without them, cuts without audio. ``summary`` (default: read from
-    ``<name>.summary.json``) gets ``cuts_written`` and ``cuts`` and is written again."""
-    path = os.path.join(os.path.dirname(os.path.abspath(feats_scp)), CUTS_FILE)
-    feats_cuts = DumpCuts(path) if os.path.isfile(path) else None
-    if feats_cuts is None:
-        log.warning("no %s beside %s: the label cuts carry no audio (dump the features with this stok to get it)",
-                    CUTS_FILE, feats_scp)
-    frame_shift, whence = _feats_frame_shift(feats_scp, feats_cuts)
-    info = write_cut_set(out_dir, name, frame_shift, ChainSource([feats_cuts, FramesOnlyCuts()]))
-    info["frame_shift_from"] = whence
-    record_in_summary(out_dir, name, info, summary)
-    log.info("%s: %d cuts -> %s", name, info["written"], info["path"])
     return info

@@ -7,7 +7,7 @@ loading a stok cut set, also in DataLoader workers started with ``spawn``):
   float matrices (features) as float32;
 - ``stok_kaldi_ark_codes``: integer code matrices (SpeechTokenizer codes, stored as exact float32 matrices)
   as int32 ``[T, n_q]``; a record that does not hold exact integers is an error (earlier stok versions'
-  two-byte compressed code records are rounded within 2^-7, as ``stok.dump.storage.load_codes`` does).
+  two-byte compressed code records are rounded within 2^-7, as ``stok.core.storage.load_codes`` does).
 
 ``storage_path`` is the ark file; ``storage_key`` is the record's byte offset (the number after the colon in
 the scp), optionally followed by ``:<frames>``: lhotse cuts a temporal array at ``round(duration /
@@ -24,8 +24,8 @@ from typing import Optional, Tuple
 import numpy as np
 from lhotse.features.io import FeaturesReader, register_reader
 
-from stok.dump.ark_record import COMPRESSED, read_array
-from stok.dump.storage import to_codes
+from stok.core.ark import COMPRESSED, read_array
+from stok.core.storage import to_codes
 
 STORAGE_TYPE = "stok_kaldi_ark"
 CODES_STORAGE_TYPE = "stok_kaldi_ark_codes"

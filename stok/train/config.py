@@ -25,7 +25,8 @@ from typing import Any, Dict, List, Optional
 
 import yaml
 
-from stok.cli import UserError
+from stok.core.errors import UserError
+from stok.models.speechtokenizer.mel import MelSettings
 
 
 class ConfigError(UserError, ValueError):
@@ -33,16 +34,8 @@ class ConfigError(UserError, ValueError):
 
 
 @dataclass
-class LossConfig:
-    # multi-resolution log-mel L1: resolution i uses n_fft/2^i, hop/2^i, win/2^i (1024/240, 512/120, 256/60, 128/30)
-    mel_lambdas: List[float] = field(default_factory=lambda: [45.0, 1.0, 1.0, 1.0])
-    mel_n_fft: int = 1024
-    mel_hop: int = 240
-    mel_win: int = 1024
-    n_mels: int = 80
-    fmin: float = 0.0
-    fmax: Optional[float] = None  # None: sample_rate / 2 (the released ``fmax_for_loss: null``)
-    mel_l2_lambda: float = 0.0  # the paper's L1+L2 mel variant: weight of the added L2 (MSE) term per resolution
+class LossConfig(MelSettings):
+    # the mel_* fields (multi-resolution log-mel L1) come from MelSettings
     recon_lambda: float = 500.0  # time-domain L1
     commit_lambda: float = 10.0
     distill_lambda: float = 120.0

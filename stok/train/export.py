@@ -15,7 +15,7 @@ from typing import Any, Dict, Optional
 
 import torch
 
-from stok.fileio import atomic_write_text
+from stok.core.fileio import atomic_write_text
 from stok.train.checkpoint import load_checkpoint
 
 log = logging.getLogger("stok.train")

@@ -34,7 +34,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from stok.cli import UserError
+from stok.core.distributed import DistInfo
+from stok.core.errors import UserError
 from stok.train import losses as L
 from stok.train.checkpoint import CheckpointManager, get_rng_state, load_checkpoint, set_rng_state
 from stok.train.config import TrainConfig
@@ -53,18 +54,6 @@ class Paths:
     dev_dir: Optional[str] = None
     teacher_scp: Optional[str] = None
     dev_teacher_scp: Optional[str] = None
-
-
-@dataclass
-class DistInfo:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    device: torch.device = torch.device("cpu")
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
 
 
 class GeneratorModule(nn.Module):

@@ -32,7 +32,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
-from stok.data.kaldi_dir import read_kaldi_dir, read_segments, read_table, read_wav_scp, sort_keys
+from stok.core.tables import read_table, sort_keys
+from stok.data.kaldi_dir import read_kaldi_dir, read_segments, read_wav_scp
 from stok.data.prepare.common import add_output_arguments, manifest_dir_of
 from stok.data.prepare.manifests import PrepareError, SplitSummary, write_split
 

@@ -30,8 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from stok.cli import UserError
-from stok.data.kaldi_dir import KaldiDir, read_kaldi_dir, sort_keys, write_kaldi_dir
+from stok.core.errors import UserError
+from stok.core.tables import sort_keys
+from stok.data.kaldi_dir import KaldiDir, read_kaldi_dir, write_kaldi_dir
 
 if TYPE_CHECKING:  # lhotse (and torch under it) is imported when needed, so that --help stays fast
     from lhotse import RecordingSet, SupervisionSegment, SupervisionSet
