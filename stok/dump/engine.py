@@ -37,7 +37,7 @@ from stok.core.storage import ShardWriter
 from stok.dump import completion
 from stok.dump.dataset import Batch
 from stok.dump.inputs import make_input
-from stok.dump.merge import merge, read_shard_summary, shard_summary_path, unfinished_shards
+from stok.dump.merge import merge, shard_summary_path, shards_world, unfinished_shards
 from stok.dump.outputs import check_fingerprint, done_keys, start_output
 from stok.dump.settings import DumpSettings
 
@@ -117,7 +117,7 @@ def run_dump(settings: DumpSettings, build_model: Callable[[torch.device], DumpM
     out = settings.output_dir
     check_output_dir(out, settings.setting_name("output_dir"))
     info = distributed.setup(settings.device, settings.threads, settings.shard_index())
-    show = info.is_main
+    show = info.is_main or not info.group  # rank 0 of a torchrun run, or a shard job of its own
     model = build_model(info.device)
     kernels = settings.cpu_kernels
     model.set_fast_cpu(model.fast_cpu_by_default if kernels == "auto" else kernels == "fast")
@@ -240,11 +240,10 @@ def _merge_only(settings: DumpSettings, inp, model: DumpModel, name: str, finger
     """``--merge_only``: the merged outputs of finished ``--shard`` jobs, refused while one is unfinished."""
     out = settings.output_dir
     fp_id = fingerprint_id(fingerprint)
-    first = read_shard_summary(out, name, 0)
-    if first is None:
-        raise UserError(f"{settings.setting_name('merge_only')}: {out} holds no finished shard of {name} (no "
-                        f"{os.path.basename(shard_summary_path(out, name, 0))}); run the --shard I/N jobs first")
-    world = int(first.get("world", 1))
+    world = shards_world(out, name, fp_id)
+    if world is None:
+        raise UserError(f"{settings.setting_name('merge_only')}: {out} holds no finished shard of {name} made with "
+                        "these settings; run the --shard I/N jobs first")
     missing = unfinished_shards(out, name, world, fp_id)
     if missing:
         shown = ", ".join(f"{r}/{world}" for r in missing[:8]) + (" ..." if len(missing) > 8 else "")
