@@ -22,7 +22,6 @@ so a cut set works from anywhere, like the dump's scp.
 
 from __future__ import annotations
 
-import glob
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -160,17 +159,6 @@ class KaldiCuts:
         duration = (total if end is None or end < 0 else min(end, total)) - start
         sups = [fastcopy(sup, duration=duration)] if sup is not None else []
         return MonoCut(id=utt, start=start, duration=duration, channel=0, supervisions=sups)
-
-
-def find_manifest(manifest_dir: str, split: str) -> Tuple[Optional[str], str]:
-    """(path or None, why) of stage 0's cuts (or recordings) manifest of ``split`` in ``manifest_dir``."""
-    for kind in ("cuts", "recordings"):
-        found = sorted(glob.glob(os.path.join(glob.escape(manifest_dir), f"*_{kind}_{glob.escape(split)}.jsonl.gz")))
-        if len(found) > 1:
-            return None, f"{len(found)} {kind} manifests of split {split!r} in {manifest_dir} ({', '.join(found)})"
-        if found:
-            return found[0], ""
-    return None, f"no *_cuts_{split}.jsonl.gz in {manifest_dir}"
 
 
 def load_manifest(path: str) -> CutSet:
