@@ -13,7 +13,9 @@ manifests: ``KaldiCuts``), as the engine's hook gets them. ``--kind feats`` dump
 Each measurement runs in a fresh process: (i) the index alone (the Kaldi dir read, the scp and failed list
 read: what any writer must hold), (ii) the whole ``write_dump_cuts``. Printed: wall seconds, peak RSS of each,
 the peak over the index (what the writer adds), the outputs' sizes, and the ratio (ii)/(i) of peak RSS.
-``--stok PATH`` times another checkout's stok (e.g. an export of main) on the same input.
+``--stok PATH`` times another checkout's stok (e.g. an export of main) on the same input. ``--load`` adds (iii):
+the written cut set loaded eagerly by plain lhotse in a Python without stok, and 2000 random cuts' fields read
+(an earlier stok's cut set needs its reader: only with this checkout's output).
 """
 
 from __future__ import annotations
@@ -119,6 +121,30 @@ print(json.dumps({"wall": wall, "peak_mb": resource.getrusage(resource.RUSAGE_SE
 """
 
 
+LOAD = r"""
+import json, random, resource, sys, time
+t = time.perf_counter()
+from lhotse import CutSet
+cuts = CutSet.from_file(sys.argv[1])
+load = time.perf_counter() - t
+sample = random.Random(0).sample(range(len(cuts)), 2000)
+t = time.perf_counter()
+frames = sum(len(getattr(cuts[i], "load_" + sys.argv[2])()) for i in sample)
+read = (time.perf_counter() - t) / len(sample)
+assert "stok" not in sys.modules
+print(json.dumps({"load": load, "read_ms": read * 1e3, "frames": frames, "peak_mb": resource.getrusage(
+    resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def measure_load(cuts: str, name: str) -> dict:
+    """(iii) plain lhotse, no stok on the path: the cut set loaded eagerly, and 2000 random cuts' fields read."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run([sys.executable, "-c", LOAD, cuts, name], check=True, capture_output=True, text=True,
+                         env=env, cwd="/")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def measure(stok: str, data: str, dump: str, name: str, mode: str) -> dict:
     out = subprocess.run([sys.executable, "-c", CHILD, stok, data, dump, name, mode], check=True,
                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": stok})
@@ -131,6 +157,8 @@ def main() -> None:
     p.add_argument("--num_utts", type=int, default=281241)
     p.add_argument("--kind", choices=("s3_tokens", "feats"), default="s3_tokens")
     p.add_argument("--quick", action="store_true", help="20,000 utterances")
+    p.add_argument("--load", action="store_true",
+                   help="also (iii): the cut set loaded by plain lhotse (no stok) and 2000 random fields read")
     p.add_argument("--stok", default=REPO, help="the stok checkout to time (default: this one)")
     args = p.parse_args()
     n = 20000 if args.quick else args.num_utts
@@ -149,6 +177,10 @@ def main() -> None:
     print(f"(ii) write_dump_cuts: {write['wall']:7.1f} s, peak RSS {write['peak_mb']:7.0f} MB "
           f"(+{write['peak_mb'] - index['peak_mb']:.0f} MB over the index; ratio {write['peak_mb'] / index['peak_mb']:.2f})")
     print("outputs: " + ", ".join(f"{f} {mb:.1f} MB" for f, mb in sizes.items()))
+    if args.load:
+        got = measure_load(os.path.join(dump, "cuts.jsonl.gz"), name)
+        print(f"(iii) plain lhotse: CutSet.from_file {got['load']:.1f} s (peak RSS {got['peak_mb']:.0f} MB), "
+              f"cut.load_{name}() {got['read_ms']:.2f} ms a cut (2000 random cuts)")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from kaldiio.matio import write_array
 from lhotse import CutSet
 
 from stok.core.storage import load_codes
+from stok.dump import cut_fields
 from stok.dump.cut_sources import ChainSource, FramesOnlyCuts
 from stok.dump.cuts import write_dump_cuts
 from tests.plain_lhotse_reader import read_without_stok
@@ -53,7 +54,8 @@ def test_old_two_byte_code_records_read_as_exact_integers_without_stok(tmp_path)
         assert x.dtype == np.float32 and np.array_equal(x, exact[key]) and x.max() == 1023
 
 
-def test_ids_with_slashes_tokens_of_released_size_and_a_stale_copy(tmp_path):
+def test_ids_with_slashes_tokens_of_released_size_and_a_stale_copy(tmp_path, monkeypatch):
+    monkeypatch.setattr(cut_fields, "COPY_IN_CHILD_FROM", 0)  # the copy in a child process, as at scale
     out = str(tmp_path / "s3")
     tokens = {"a%2Fb": np.array([6560, 0, 4095], np.int32), "a/b": np.arange(6561, dtype=np.int32),
               "c": np.array([], np.int32), "d/e/f": np.array([7], np.int32)}
@@ -83,16 +85,25 @@ class Broken(FramesOnlyCuts):
         return super().entry(utt, frames, frame_shift)
 
 
-def test_a_failed_write_leaves_the_previous_cut_set_and_copy(tmp_path):
+@pytest.mark.parametrize("in_child", [False, True], ids=["copy_here", "copy_in_child"])
+def test_a_failed_write_leaves_the_previous_cut_set_and_copy(tmp_path, monkeypatch, in_child):
+    monkeypatch.setattr(cut_fields, "COPY_IN_CHILD_FROM", 0 if in_child else 5000)
     out = str(tmp_path / "km")
-    write_ark(out, "km_labels", {"u1": np.array([1, 2], np.int32), "u2": np.array([3], np.int32)})
+    write_ark(out, "km_labels", {"u1": np.array([1, 2], np.int32), "u2": np.array([3, 4, 5], np.int32)})
     summary = {"model": {"frame_rate": 50.0}}
     write_dump_cuts(out, "km_labels", summary, ChainSource([FramesOnlyCuts()]))
+    files = ["cuts.jsonl.gz", "km_labels.0.ark", "km_labels.h5", "km_labels.scp", "km_labels.summary.json"]
     before = {f: open(os.path.join(out, f), "rb").read() for f in ("cuts.jsonl.gz", "km_labels.h5")}
     with pytest.raises(RuntimeError, match="source broke"):
         write_dump_cuts(out, "km_labels", summary, ChainSource([Broken()]))
-    assert sorted(os.listdir(out)) == ["cuts.jsonl.gz", "km_labels.0.ark", "km_labels.h5", "km_labels.scp",
-                                       "km_labels.summary.json"]  # no temporary file left
+    assert sorted(os.listdir(out)) == files  # no temporary file left
+    assert before == {f: open(os.path.join(out, f), "rb").read() for f in before}
+    ark = os.path.join(out, "km_labels.0.ark")  # a record cut short: the copy fails, naming the record
+    with open(ark, "rb+") as f:
+        f.truncate(os.path.getsize(ark) - 3)
+    with pytest.raises((RuntimeError, ValueError), match="truncated int32 vector"):
+        write_dump_cuts(out, "km_labels", summary, ChainSource([FramesOnlyCuts()]))
+    assert sorted(os.listdir(out)) == files
     assert before == {f: open(os.path.join(out, f), "rb").read() for f in before}
 
 

@@ -9,10 +9,10 @@ Only utterances in the scp get a cut (failed ones are absent); the dump's summar
 ``cuts_written`` and a ``cuts`` block.
 
 At scale (281k utterances) the writer holds the index (keys, locations, shapes) and streams the rest: the
-arks are read in offset order (matrix headers only; int32 vectors whole, into the ``<name>.h5`` copy), each
-line is made from plain dicts with its recording's JSON made once per recording, and gzip runs in a second
-thread. Crash-safe: ``<name>.h5`` and ``cuts.jsonl.gz`` are written under temporary names and renamed, the
-copy first.
+record headers are read in offset order, the ``<name>.h5`` copy of int32 records is written by a child process
+meanwhile, each line is made from plain dicts with its recording's JSON made once per recording, and gzip runs
+in a second thread. Crash-safe: ``<name>.h5`` and ``cuts.jsonl.gz`` are written under temporary names and
+renamed, the copy first; a failed or killed write leaves the previous ones.
 
 Hook: :func:`write_dump_cuts` (the dump engine, after the merge), with the cut source of the dump's input
 (:mod:`stok.dump.inputs`). ``--overwrite`` removes the cut set and the copy with the dump's outputs.
@@ -31,7 +31,7 @@ from typing import List, Optional
 from stok.core.failed import read_failed
 from stok.core.fileio import atomic_open
 from stok.core.storage import read_scp_entries
-from stok.dump.cut_fields import LazyCopy, field, h5_name, scan_records
+from stok.dump.cut_fields import RecordCopy, field, h5_name, scan_records
 from stok.dump.cut_sources import ChainSource
 from stok.dump.outputs import CUTS_FILE
 
@@ -104,11 +104,12 @@ def write_cut_set(out_dir: str, name: str, frame_shift: float, source: ChainSour
     for stale in glob.glob(glob.escape(os.path.join(out_dir, "cuts.tmp")) + "*.jsonl.gz") + glob.glob(
             glob.escape(h5_path + ".tmp") + "*"):  # left by a killed run (the engine holds the dump's lock)
         os.remove(stale)
-    copy = LazyCopy(h5_path)
+    copy = RecordCopy(h5_path)
     off: List[str] = []
     off_frames = 0
     try:
         records = scan_records(entries, copy)
+        copy.start()
         source.prepare(entries)
         out = GzipLines(tmp)
         try:

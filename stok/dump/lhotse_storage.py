@@ -31,10 +31,6 @@ STORAGE_TYPE = "stok_kaldi_ark"
 CODES_STORAGE_TYPE = "stok_kaldi_ark_codes"
 
 
-def make_key(offset: int, cut_frames: Optional[int] = None) -> str:
-    return str(int(offset)) if cut_frames is None else f"{int(offset)}:{int(cut_frames)}"
-
-
 def parse_key(key: str) -> Tuple[int, Optional[int]]:
     offset, _, frames = str(key).partition(":")
     return int(offset), (int(frames) if frames else None)
