@@ -12,8 +12,7 @@ manifests: ``KaldiCuts``), as the engine's hook gets them. ``--kind feats`` dump
 
 Each measurement runs in a fresh process: (i) the index alone (the Kaldi dir read, the scp and failed list
 read: what any writer must hold), (ii) the whole ``write_dump_cuts``. Printed: wall seconds, peak RSS of each,
-the peak over the index (what the writer adds), the ratio (ii)/(i) of peak RSS, the peak RSS of (ii)'s child
-processes (the h5 copy), and the outputs' sizes.
+the peak over the index (what the writer adds), the outputs' sizes, and the ratio (ii)/(i) of peak RSS.
 ``--stok PATH`` times another checkout's stok (e.g. an export of main) on the same input. ``--load`` adds (iii):
 the written cut set loaded eagerly by plain lhotse in a Python without stok, and 2000 random cuts' fields read
 (an earlier stok's cut set needs its reader: only with this checkout's output).
@@ -118,8 +117,7 @@ else:
     info = write_dump_cuts(dump, name, summary, inp.cut_source(""))
     assert info["written"] > 0, info
 wall = time.perf_counter() - t
-print(json.dumps({"wall": wall, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "child_peak_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
+print(json.dumps({"wall": wall, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
 
@@ -177,8 +175,7 @@ def main() -> None:
     print(f"stok: {args.stok}")
     print(f"(i) index alone:     {index['wall']:7.1f} s, peak RSS {index['peak_mb']:7.0f} MB")
     print(f"(ii) write_dump_cuts: {write['wall']:7.1f} s, peak RSS {write['peak_mb']:7.0f} MB "
-          f"(+{write['peak_mb'] - index['peak_mb']:.0f} MB over the index; ratio {write['peak_mb'] / index['peak_mb']:.2f}); "
-          f"its child processes' peak RSS {write['child_peak_mb']:.0f} MB")
+          f"(+{write['peak_mb'] - index['peak_mb']:.0f} MB over the index; ratio {write['peak_mb'] / index['peak_mb']:.2f})")
     print("outputs: " + ", ".join(f"{f} {mb:.1f} MB" for f, mb in sizes.items()))
     if args.load:
         got = measure_load(os.path.join(dump, "cuts.jsonl.gz"), name)
