@@ -33,7 +33,7 @@ import sys
 from stok.bin.entry import entry_point
 from stok.core.errors import UserError
 from stok.train.config import load_config
-from stok.train.signals import REQUEUE_EXIT_STATUS
+from stok.train.signals import REQUEUE_EXIT_STATUS, ignore_stop_signals
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -91,6 +91,7 @@ def main(argv=None) -> dict:
     try:
         result = trainer.train(stop_after=args.stop_after)
         if result["stopped"]:
+            ignore_stop_signals()  # saved: a second signal (a launcher stopping the other ranks) changes nothing
             if info.is_main:
                 print(f"stopped by {result['stopped']} after step {trainer.step} of {trainer.total_steps}, checkpoint "
                       f"saved; run the same command with --resume to continue (exit status {REQUEUE_EXIT_STATUS})",
