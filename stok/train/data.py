@@ -37,6 +37,7 @@ from stok.data.audio import AudioError, load_audio
 from stok.core.tables import read_table
 from stok.data.kaldi_dir import Utterance, read_kaldi_dir
 from stok.core.frames import codec_frames, crop_teacher
+from stok.train.signals import ignore_stop_signals
 
 log = logging.getLogger("stok.train")
 
@@ -321,7 +322,8 @@ def make_train_loader(ds: CropDataset, sampler: ShardedBatchSampler, num_workers
     gen.manual_seed(seed)  # the loader draws its base seed from here, never from the global RNG
     return DataLoader(PositionedDataset(ds), batch_sampler=_PositionedSampler(sampler), num_workers=num_workers,
                       collate_fn=_PositionedCollate(hop), pin_memory=pin_memory, generator=gen,
-                      prefetch_factor=2 if num_workers else None)
+                      prefetch_factor=2 if num_workers else None,
+                      worker_init_fn=ignore_stop_signals if num_workers else None)
 
 
 class _PositionedSampler:

@@ -97,6 +97,17 @@ def kmeans_ce(logits: torch.Tensor, labels: torch.Tensor, mask: Optional[torch.T
     return F.cross_entropy(logits[:, :n].float().reshape(-1, logits.shape[-1]), lab.reshape(-1), ignore_index=-100)
 
 
+def distill_loss(cfg, semantic: torch.Tensor, logits: Optional[torch.Tensor], teacher: torch.Tensor,
+                 mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """The distillation of ``cfg.distill_type`` (a ``loss:`` section): k-means cross-entropy of the head's
+    ``logits``, or T-axis / D-axis distillation of the ``semantic`` output."""
+    if cfg.distill_type == "kmeans":
+        return kmeans_ce(logits, teacher, mask)
+    if cfg.distill_type == "t_axis":
+        return t_axis_distill(semantic, teacher, mask, cfg.lambda_sim)
+    return d_axis_distill(semantic, teacher, mask)
+
+
 def discriminator_loss(real: Sequence[torch.Tensor], fake: Sequence[torch.Tensor], kind: str = "lsgan"):
     """Sum over sub-discriminators; returns (total, per-sub-discriminator list)."""
     parts = []

@@ -148,20 +148,20 @@ def _first_entry(scp: str, utt_id: str):
                         "again") from e
 
 
-def check_teacher(trainer, n_units: int) -> None:
-    """The teacher (first entry of each scp, or the online teacher) must fit the model's semantic output."""
-    cfg = trainer.cfg
-    want = trainer.model_cfg.semantic_dimension
+def check_teacher(source: str, semantic_dim: int, n_units: int, online_teacher=None, datasets=()) -> None:
+    """The teacher (first entry of each dataset's scp, or the online teacher) must fit the model's semantic
+    output (``semantic_dim``); k-means labels (``source`` labels) must lie in ``[0, n_units)``."""
+    want = semantic_dim
     fix = "set model.semantic_dimension to the teacher's dimension, or use the teacher the config was made for"
-    if trainer.online_teacher is not None:
-        dim = getattr(trainer.online_teacher.teacher, "dim", 0)
+    if online_teacher is not None:
+        dim = getattr(online_teacher.teacher, "dim", 0)
         if dim and dim != want:
             raise UserError(f"the online teacher gives {dim}-dim features, but model.semantic_dimension is {want}: "
                             f"{fix}")
         return
-    labels = cfg.teacher.source == "labels"
-    for ds in (trainer.train_ds, trainer.dev_ds):
-        if ds is None or not ds.teacher_scp or not ds.utts:
+    labels = source == "labels"
+    for ds in datasets:
+        if ds is None or not ds.teacher_scp or not len(ds):
             continue
         scp, utt = ds.teacher_scp, ds.utts[0].utt_id
         arr = _first_entry(scp, utt)
