@@ -20,16 +20,36 @@ from tests.conftest import PYTHON, REPO, write_corpus
 N_UTTS = 12
 
 
-def slow_data(root, delay: float = 0.4) -> str:
-    """A Kaldi dir whose wav.scp reads each file through ``sleep DELAY; cat FILE |``."""
-    scp = write_corpus(os.path.join(str(root), "audio"), [0.8 + 0.05 * i for i in range(N_UTTS)])
+def slow_data(root, delay: float = 0.4, gate: bool = False) -> str:
+    """A Kaldi dir (with utt2dur, so no read probes durations) whose wav.scp reads each file through ``sleep DELAY;
+    cat FILE |``; with ``gate``, reads after the third wait until :func:`open_gate` is called, so the first writer
+    is still running, whatever the machine's load, while the test starts the others."""
+    durations = [0.8 + 0.05 * i for i in range(N_UTTS)]
+    scp = write_corpus(os.path.join(str(root), "audio"), durations)
     data = os.path.join(str(root), "data")
-    os.makedirs(data, exist_ok=True)
-    with open(scp) as f, open(os.path.join(data, "wav.scp"), "w") as out:
-        for line in f:
+    os.makedirs(os.path.join(data, "reads"), exist_ok=True)
+    reader = os.path.join(data, "read.sh")
+    with open(reader, "w") as f:
+        f.write(f"""#!/bin/sh
+sleep {delay}
+touch "{data}/reads/$(basename "$1")"
+if [ -n "{'gate' if gate else ''}" ] && [ "$(ls "{data}/reads" | wc -l)" -gt 3 ]; then
+  while [ ! -e "{data}/open" ]; do sleep 0.05; done
+fi
+exec cat "$1"
+""")
+    os.chmod(reader, 0o755)
+    with open(scp) as f, open(os.path.join(data, "wav.scp"), "w") as out, \
+            open(os.path.join(data, "utt2dur"), "w") as dur:
+        for line, d in zip(f, durations):
             key, path = line.split()
-            out.write(f"{key} sleep {delay}; cat {path} |\n")
+            out.write(f"{key} {reader} {path} |\n")
+            dur.write(f"{key} {d:.2f}\n")
     return data
+
+
+def open_gate(data: str) -> None:
+    open(os.path.join(data, "open"), "w").close()
 
 
 def dump_cmd(data: str, out: str, *extra: str):
@@ -80,13 +100,16 @@ def same_arrays(a_scp: str, b_scp: str) -> None:
 
 
 def test_a_second_writer_is_refused_and_nothing_mixes(tmp_path):
-    data = slow_data(tmp_path)
+    data = slow_data(tmp_path, gate=True)
     out, ref = str(tmp_path / "out"), str(tmp_path / "ref")
     with open(tmp_path / "first.log", "w") as log:
         first = start(dump_cmd(data, out), log)
-        wait_for_records(os.path.join(out, "feats.0.scp"), 2, first)
-        again = run(dump_cmd(data, out))  # the same command started twice
-        other = run(dump_cmd(data, out, "--shard", "1/2"))  # a shard job of another layout, same time
+        try:
+            wait_for_records(os.path.join(out, "feats.0.scp"), 2, first)
+            again = run(dump_cmd(data, out))  # the same command started twice
+            other = run(dump_cmd(data, out, "--shard", "1/2"))  # a shard job of another layout, same time
+        finally:
+            open_gate(data)
         assert first.wait(300) == 0, open(tmp_path / "first.log").read()[-3000:]
     host = socket.gethostname()
     for res in (again, other):
