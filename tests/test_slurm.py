@@ -11,6 +11,7 @@ import gzip
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -226,9 +227,27 @@ def _train_log(rec):
 
 def test_training_is_requeued_at_the_time_limit_warning_and_resumes_step_for_step(slurm_cluster, local_demo,  # noqa: F811
                                                                                   tmp_path):
-    ok(run_sh(local_demo, "--stage", 3, "--stop_stage", 3, "--train_opts", TRAIN_OPTS))
     rec = new_recipe(str(tmp_path / "demo"), data_from=local_demo)
     shutil.copytree(os.path.join(local_demo, "dump", "mfcc"), os.path.join(rec, "dump", "mfcc"))
+    # the uninterrupted reference run, here, meanwhile: its steps overlap the Slurm run's waits (scheduling, the
+    # requeue); the losses do not depend on the load
+    with open(tmp_path / "local.log", "w") as log:
+        reference = run_sh(local_demo, "--stage", 3, "--stop_stage", 3, "--train_opts", TRAIN_OPTS, stdout=log,
+                           stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _requeued_run(slurm_cluster, rec, tmp_path)
+        assert reference.wait(600) == 0, open(tmp_path / "local.log").read()[-3000:]
+    finally:
+        if reference.poll() is None:
+            os.killpg(reference.pid, signal.SIGKILL)
+    local, requeued = _train_log(local_demo), _train_log(rec)
+    assert [r["step"] for r in requeued] == list(range(1, 9))
+    assert requeued == local  # every step's losses, as in one uninterrupted run
+    assert os.path.isfile(os.path.join(rec, "exp", "st", "export", "SpeechTokenizer.pt"))
+
+
+def _requeued_run(slurm_cluster, rec, tmp_path):  # noqa: F811
+    """Stage 3 through the slurm launcher, warned with SIGUSR1 after step 2 is logged; returns when run.sh did."""
     with open(tmp_path / "run.log", "w") as log:
         proc = run_sh(rec, "--stage", 3, "--stop_stage", 3, "--train_opts", TRAIN_OPTS,
                       *slurm_args(cpus=2, mem="3G"), "--slurm_signal_seconds", 60, env=slurm_cluster.env,
@@ -247,10 +266,6 @@ def test_training_is_requeued_at_the_time_limit_warning_and_resumes_step_for_ste
     assert "SIGUSR1: the trainer checkpoints and stops; the job is requeued" in job_log
     assert f"requeueing job {job}" in job_log and "start 1 on" in job_log and "resumed from" in job_log, job_log
     assert "--rdzv_backend c10d" in job_log
-    local, requeued = _train_log(local_demo), _train_log(rec)
-    assert [r["step"] for r in requeued] == list(range(1, 9))
-    assert requeued == local  # every step's losses, as in one uninterrupted run
-    assert os.path.isfile(os.path.join(rec, "exp", "st", "export", "SpeechTokenizer.pt"))
 
 
 def test_locks_of_slurm_jobs(slurm_cluster, tmp_path, monkeypatch):  # noqa: F811
