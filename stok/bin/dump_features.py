@@ -37,7 +37,6 @@ from typing import Optional
 from stok.bin.entry import entry_point
 from stok.core.errors import UserError
 from stok.dump.engine import run_dump
-from stok.dump.inputs import make_input
 from stok.dump.settings import DumpSettings, add_dump_arguments
 from stok.models.teacher import TeacherSettings, build_teacher
 
@@ -100,18 +99,15 @@ def main(argv=None) -> dict:
                         "out (read feats.scp with kaldiio.load_scp)")
     teacher_settings = TeacherSettings.from_args(args)
     settings = DumpSettings.from_args(args)
-    inp = make_input(settings)
 
-    def build(device):  # called by the engine once the options, the list and the output dir are checked
+    def build(device):  # called by the engine once the options and the output dir are checked
         try:
-            teacher = build_teacher(teacher_settings, device=device)
+            return build_teacher(teacher_settings, device=device)
         except (FileNotFoundError, ValueError) as e:  # missing or unusable weights, --layer out of range ...
             raise UserError(str(e)) from None
-        if int(os.environ.get("RANK", 0)) == 0:
-            print_estimate(settings, inp.audio_hours(), teacher.dim)
-        return teacher
 
-    return run_dump(settings, build, name=NAME, inp=inp)
+    return run_dump(settings, build, name=NAME,
+                    on_start=lambda inp, teacher: print_estimate(settings, inp.audio_hours(), teacher.dim))
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ from stok.core.storage import ShardWriter
 from stok.dump import completion
 from stok.dump.dataset import Batch
 from stok.dump.inputs import make_input
-from stok.dump.merge import merge, read_shard_summary, shard_summary_path, unfinished_shards
+from stok.dump.merge import merge, shard_summary_path, shards_world, unfinished_shards
 from stok.dump.outputs import check_fingerprint, done_keys, start_output
 from stok.dump.settings import DumpSettings
 
@@ -90,12 +90,13 @@ def _identity(inp, settings: DumpSettings) -> dict:
                                       if settings.manifest_dir else ""})
 
 
-def _nothing_to_do(out: str, name: str, keys: int, start: float) -> dict:
-    """The stored summary of a finished dump, as this (no-op) run's result; nothing is written."""
+def _nothing_to_do(out: str, name: str, start: float) -> dict:
+    """The stored summary of a finished dump, as this (no-op) run's result; nothing is read or written."""
     with open(os.path.join(out, f"{name}.summary.json")) as f:
         summary = json.load(f)
     wall = time.time() - start
-    summary.update(written_now=0, already_done=keys, audio_hours_now=0.0, wall_seconds=wall, real_time_factor=None,
+    summary.update(written_now=0, already_done=summary["entries_in_scp"], audio_hours_now=0.0, wall_seconds=wall,
+                   real_time_factor=None,
                    audio_seconds_per_second=None, nothing_to_do=True)
     log.info("%s: finished before with the same model, settings and input (%s); nothing to do (%.1f s)", name,
              completion.record_path(out, name), wall)
@@ -103,21 +104,22 @@ def _nothing_to_do(out: str, name: str, keys: int, start: float) -> dict:
 
 
 def run_dump(settings: DumpSettings, build_model: Callable[[torch.device], DumpModel], name: str,
-             finish: Optional[Callable[[dict], None]] = None, inp=None) -> dict:
+             finish: Optional[Callable[[dict], None]] = None, on_start: Optional[Callable] = None) -> dict:
     """Run one dump (see module docstring); returns the merged summary (on every rank; a ``--shard`` job returns
     its shard's summary).
 
-    ``finish(summary)`` runs on rank 0 after the merge (extra outputs such as exports), before ``--strict``
-    reports failures; it may add to ``summary`` and must write ``<name>.summary.json`` if it does.
-    ``inp``: the input, when the tool has read it already (default: :func:`stok.dump.inputs.make_input`)."""
+    ``on_start(inp, model)`` runs on rank 0 once there is work to do, after every check and before any output is
+    touched (e.g. a disk estimate). ``finish(summary)`` runs on rank 0 after the merge (extra outputs such as
+    exports), before ``--strict`` reports failures; it may add to ``summary`` and must write
+    ``<name>.summary.json`` if it does."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     start = time.time()
     settings.check()
-    inp = inp if inp is not None else make_input(settings)
+    inp = make_input(settings)  # read when first needed: never by a finished dump's rerun
     out = settings.output_dir
     check_output_dir(out, settings.setting_name("output_dir"))
     info = distributed.setup(settings.device, settings.threads, settings.shard_index())
-    show = info.is_main
+    show = info.is_main or not info.group  # rank 0 of a torchrun run, or a shard job of its own
     model = build_model(info.device)
     kernels = settings.cpu_kernels
     model.set_fast_cpu(model.fast_cpu_by_default if kernels == "auto" else kernels == "fast")
@@ -125,9 +127,12 @@ def run_dump(settings: DumpSettings, build_model: Callable[[torch.device], DumpM
     fingerprint = dump_fingerprint(model, settings, name)
     identity = _identity(inp, settings)
     if not settings.overwrite and completion.finished(out, name, fingerprint, identity):
-        return _nothing_to_do(out, name, len(inp.items), start)
+        return _nothing_to_do(out, name, start)
+    inp.load()  # a malformed list fails here, before any output is touched
     if not settings.overwrite:
         check_fingerprint(out, name, fingerprint)
+    if on_start is not None and info.is_main:
+        on_start(inp, model)
     distributed.barrier(info)  # every rank has checked before rank 0 creates or removes anything
     if settings.merge_only:
         return _merge_only(settings, inp, model, name, fingerprint, identity, finish, start)
@@ -240,11 +245,10 @@ def _merge_only(settings: DumpSettings, inp, model: DumpModel, name: str, finger
     """``--merge_only``: the merged outputs of finished ``--shard`` jobs, refused while one is unfinished."""
     out = settings.output_dir
     fp_id = fingerprint_id(fingerprint)
-    first = read_shard_summary(out, name, 0)
-    if first is None:
-        raise UserError(f"{settings.setting_name('merge_only')}: {out} holds no finished shard of {name} (no "
-                        f"{os.path.basename(shard_summary_path(out, name, 0))}); run the --shard I/N jobs first")
-    world = int(first.get("world", 1))
+    world = shards_world(out, name, fp_id)
+    if world is None:
+        raise UserError(f"{settings.setting_name('merge_only')}: {out} holds no finished shard of {name} made with "
+                        "these settings; run the --shard I/N jobs first")
     missing = unfinished_shards(out, name, world, fp_id)
     if missing:
         shown = ", ".join(f"{r}/{world}" for r in missing[:8]) + (" ..." if len(missing) > 8 else "")

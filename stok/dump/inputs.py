@@ -2,7 +2,8 @@
 
 An input lists its items (key order), tells each item's cost for length bucketing, loads batches in DataLoader
 workers, names the files that identify it (a finished dump is not redone while they are unchanged) and gives the
-cut source of the dump's cut set. It is read once per run.
+cut source of the dump's cut set. It is read once per run, when first needed (:meth:`load`): a finished dump's
+rerun never reads it.
 
 - :class:`AudioInput`: a Kaldi data dir (``wav.scp``, ``segments``, ``utt2dur``, ``text``, ``utt2spk``) or a bare
   ``wav.scp`` (+ ``segments``); items are utterances, their cost the model's frames of their duration.
@@ -12,6 +13,7 @@ cut source of the dump's cut set. It is read once per run.
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 from collections import defaultdict
@@ -35,6 +37,17 @@ log = logging.getLogger("stok.dump")
 DATA_DIR_FILES = ("wav.scp", "segments", "utt2dur", "text", "utt2spk")
 
 
+def find_manifest(manifest_dir: str, split: str) -> Tuple[Optional[str], str]:
+    """(path or None, why) of stage 0's cuts (or recordings) manifest of ``split`` in ``manifest_dir``."""
+    for kind in ("cuts", "recordings"):
+        found = sorted(glob.glob(os.path.join(glob.escape(manifest_dir), f"*_{kind}_{glob.escape(split)}.jsonl.gz")))
+        if len(found) > 1:
+            return None, f"{len(found)} {kind} manifests of split {split!r} in {manifest_dir} ({', '.join(found)})"
+        if found:
+            return found[0], ""
+    return None, f"no *_cuts_{split}.jsonl.gz in {manifest_dir}"
+
+
 def _make_loader(dataset, model: DumpModel, batches: List[List[int]], num_workers: int, pin_memory: bool):
     return torch.utils.data.DataLoader(dataset, batch_sampler=batches, collate_fn=Collate(model),
                                        num_workers=num_workers, pin_memory=pin_memory,
@@ -48,19 +61,38 @@ class AudioInput:
 
     def __init__(self, data_dir: Optional[str] = None, wav_scp: Optional[str] = None, segments: Optional[str] = None,
                  limit: int = 0):
+        self.data_dir, self.wav_scp, self.segments, self.limit = data_dir, wav_scp, segments, limit
+        self.where = data_dir or wav_scp
         if data_dir:
-            self.kd, self.where = read_kaldi_dir(data_dir), data_dir
             self.files = [os.path.join(data_dir, n) for n in DATA_DIR_FILES]
         else:
-            table = read_wav_scp(wav_scp)
-            self.kd = KaldiDir(wav_scp=table, segments=read_segments(segments, table) if segments else None)
-            self.where = wav_scp
             self.files = [wav_scp] + ([segments] if segments else [])
-        self.data_dir = data_dir
-        utts = self.kd.utterances()
-        self.items: List[Utterance] = utts[:limit] if limit else utts
-        if not self.items:
-            raise UserError(f"no utterances in {self.where}; give a non-empty list")
+        self._kd: Optional[KaldiDir] = None
+        self._items: Optional[List[Utterance]] = None
+
+    def load(self) -> "AudioInput":
+        """Read (and check) the lists now; a malformed list is a user error naming its file and line."""
+        if self._items is None:
+            if self.data_dir:
+                self._kd = read_kaldi_dir(self.data_dir)
+            else:
+                table = read_wav_scp(self.wav_scp)
+                self._kd = KaldiDir(wav_scp=table, segments=read_segments(self.segments, table) if self.segments
+                                    else None)
+            utts = self._kd.utterances()
+            items = utts[:self.limit] if self.limit else utts
+            if not items:
+                raise UserError(f"no utterances in {self.where}; give a non-empty list")
+            self._items = items
+        return self
+
+    @property
+    def kd(self) -> KaldiDir:
+        return self.load()._kd
+
+    @property
+    def items(self) -> List[Utterance]:
+        return self.load()._items
 
     def keys(self) -> List[str]:
         return [u.utt_id for u in self.items]
@@ -127,8 +159,6 @@ class AudioInput:
     def manifest(self, manifest_dir: str = "") -> Tuple[Optional[str], str]:
         """Stage 0's manifest for this input: ``manifest_dir`` (default: ``manifests`` beside the data dir,
         i.e. ``data/manifests`` for ``data/<split>``), file ``*_cuts_<split>.jsonl.gz``."""
-        from stok.dump.cut_sources import find_manifest
-
         data = os.path.abspath(self.data_dir or os.path.dirname(os.path.abspath(self.where)))
         split = os.path.basename(os.path.normpath(data))
         manifest_dir = manifest_dir or os.path.join(os.path.dirname(os.path.normpath(data)), "manifests")
@@ -150,11 +180,21 @@ class FeatureInput:
     def __init__(self, feats_scp: str, limit: int = 0):
         if not os.path.isfile(feats_scp):
             raise UserError(f"feature scp not found: {feats_scp} (stage 1 writes dump/<teacher>/<split>/feats.scp)")
-        entries = list(read_table(feats_scp, scp=True).items())
-        if not entries:
-            raise UserError(f"feature scp is empty: {feats_scp}")
-        self.where = feats_scp
-        self.items: List[Tuple[str, str]] = entries[:limit] if limit else entries
+        self.where, self.limit = feats_scp, limit
+        self._items: Optional[List[Tuple[str, str]]] = None
+
+    def load(self) -> "FeatureInput":
+        """Read (and check) the scp now."""
+        if self._items is None:
+            entries = list(read_table(self.where, scp=True).items())
+            if not entries:
+                raise UserError(f"feature scp is empty: {self.where}")
+            self._items = entries[:self.limit] if self.limit else entries
+        return self
+
+    @property
+    def items(self) -> List[Tuple[str, str]]:
+        return self.load()._items
 
     def keys(self) -> List[str]:
         return [k for k, _ in self.items]

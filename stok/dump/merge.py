@@ -85,6 +85,20 @@ def read_shard_summary(out_dir: str, name: str, rank: int) -> Optional[dict]:
         return None
 
 
+def shards_world(out_dir: str, name: str, fingerprint_id: str) -> Optional[int]:
+    """N of the newest finished shard summary made by this fingerprint, or None."""
+    found = []
+    for p in glob.glob(os.path.join(glob.escape(out_dir), f"{glob.escape(name)}.summary.*.json")):
+        try:
+            with open(p) as f:
+                s = json.load(f)
+        except (OSError, ValueError):
+            continue
+        if s.get("fingerprint_id") == fingerprint_id and isinstance(s.get("world"), int):
+            found.append((os.path.getmtime(p), s["world"]))
+    return max(found)[1] if found else None
+
+
 def unfinished_shards(out_dir: str, name: str, world: int, fingerprint_id: str) -> List[int]:
     """Shards of ``world`` with no finished summary made by this fingerprint (``fingerprint_id``)."""
     out = []

@@ -1,7 +1,8 @@
 """A dump's output dir: which files belong to dump ``name``, what is done, and the fingerprint of what made it.
 
 Layout: ``<name>.<rank>.ark`` + ``<name>.<rank>.scp`` per rank (or shard), the merged ``<name>.scp``,
-``failed.<rank>.list`` and ``failed.list``, ``<name>.summary[.<rank>].json``, ``cuts.jsonl.gz`` and
+``failed.<rank>.list`` and ``failed.list``, ``<name>.summary[.<rank>].json``, ``cuts.jsonl.gz`` (with
+``<name>.h5``, the cut set's copy of int32 records) and
 ``<name>.fingerprint.json``: the dump's fingerprint, the model's own
 (:meth:`stok.core.model_api.DumpModel.fingerprint`: its identity, checksums of its weights files, every
 setting that changes the values) plus the engine settings that change what is stored. A rerun into the same
@@ -43,7 +44,7 @@ def remove_outputs(out_dir: str, name: str, shard: Optional[int] = None) -> None
         patterns = [f"{glob.escape(name)}.{shard}.ark", f"{glob.escape(name)}.{shard}.scp", f"failed.{shard}.list",
                     f"{glob.escape(name)}.summary.{shard}.json", f"{glob.escape(name)}.scp", "failed.list",
                     f"{glob.escape(name)}.summary.json", f"{glob.escape(name)}.txt", f"{glob.escape(name)}.complete.json",
-                    CUTS_FILE]
+                    CUTS_FILE, f"{glob.escape(name)}.h5"]
     for pat in patterns:
         for p in glob.glob(os.path.join(glob.escape(out_dir), pat)):
             if not p.endswith((".lock", ".takeover")):
