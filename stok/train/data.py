@@ -41,7 +41,7 @@ from stok.data.audio import AudioError, load_audio
 from stok.data.kaldi_dir import Utterance
 from stok.core.frames import codec_frames, crop_teacher
 from stok.train.signals import ignore_stop_signals
-from stok.train.utt_index import TeacherColumn, UtteranceIndex, read_index, read_teacher_scp
+from stok.train.utt_index import TeacherColumn, UtteranceIndex, read_index, read_teacher_scp, release_free_heap
 
 log = logging.getLogger("stok.train")
 
@@ -73,6 +73,7 @@ def read_utterances(data_dir: str, teacher_scp: Optional[str] = None, min_second
     if not len(utts):
         raise DataError(f"{what}: no usable utterances in {data_dir}"
                         + (f" with teacher entries in {teacher_scp}" if teacher_scp else ""))
+    release_free_heap()
     return utts
 
 
