@@ -6,15 +6,18 @@ features whose entries share a few records) is trained on for a few steps by a r
 child process (CPU, ``data.num_workers`` audio workers). A monitor samples the process tree every 50 ms:
 
 - ``ready_s``: launch to the log line that says the data index is built (reading the Kaldi dir and teacher scp);
+- ``index_MB``: the training index's bytes, as that line states them (``index_B_per_utt`` per utterance);
 - ``first_step_s``: launch to the first line of ``train_log.jsonl`` (the first step done);
 - ``main_hwm_MB``: the trainer's peak resident memory (``VmHWM``);
 - ``workers_private_MB``: peak private memory (USS: ``Private_Clean + Private_Dirty``) of each audio worker: what a
   worker holds beyond the pages it shares with the trainer (a copy of the index shows up here);
-- ``index_B_per_utt``: ``main_hwm`` growth between the two sizes per added utterance.
+- the last line: ``main_hwm`` growth between the first and last size per added utterance.
 
-    python bench/train_scale.py --root /work/scratch/corpus --sizes 30000,281241 [--model tiny|released]
+    python bench/train_scale.py --root /work/scratch/corpus --sizes 2000,30000,281241 [--model tiny|released]
+    python bench/train_scale.py ... --src /path/to/other/checkout     # the same runs with another checkout's stok
 
-``--model tiny`` (default) isolates the data path (a step takes well under a second); ``released`` trains the
+``--model tiny`` (default) isolates the data path: a small codec, batches of 6 one-second crops, the generator
+step only (``disc.start_step`` after the run), so a step costs about a second on 2 cores; ``released`` trains the
 recipe's released-size model (``recipes/librispeech/conf/train.yaml``). Figures depend on the CPU: give its ISA.
 """
 
@@ -77,11 +80,13 @@ def tiny_model_config(dim: int) -> dict:
             "disc": dict(width=0.0625, mpd_periods=[2, 3], msd_scales=2, mstft_filters=4, mstft_n_ffts=[256, 128])}
 
 
-def run_one(corpus, model: str, steps: int, workers: int, threads: int, tmp: str) -> dict:
+def run_one(corpus, model: str, steps: int, workers: int, threads: int, tmp: str, src: str = REPO) -> dict:
     conf = os.path.join(tmp, "train.yaml")
     if model == "tiny":
         cfg = tiny_model_config(768)
-        cfg.update(data=dict(num_workers=workers, dev_max_utts=2, dev_seconds=2.0),
+        cfg["disc"]["start_step"] = 10**6
+        cfg.update(data=dict(num_workers=workers, dev_max_utts=2, dev_seconds=2.0, segment_seconds=1.0,
+                             batch_size=6),
                    sched=dict(valid_every=10**6, save_every=10**6, log_every=1))
         with open(conf, "w") as f:
             yaml.safe_dump(cfg, f)
@@ -93,18 +98,21 @@ def run_one(corpus, model: str, steps: int, workers: int, threads: int, tmp: str
            corpus.dev_teacher_scp, "--exp_dir", exp, "--device", "cpu", "--threads", str(threads),
            "--max_steps", str(steps), "--num_workers", str(workers), "--quiet", "--no_export",
            "--set", "data.dev_max_utts=2", "--set", "sched.valid_every=1000000", "--set", "sched.save_every=1000000"]
-    env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", ""),
            "OMP_NUM_THREADS": str(threads)}
     t0 = time.time()
-    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, env=env, cwd=src, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     marks = {}
     err_lines = []
 
     def read_stderr():
         for line in proc.stderr:
             err_lines.append(line)
-            if "ready_s" not in marks and "utterances, " in line and "batches per epoch" in line:
+            if "ready_s" not in marks and "batches per epoch" in line:
                 marks["ready_s"] = time.time() - t0
+                m = re.search(r"\(index ([0-9.]+) MB\)", line)
+                if m:
+                    marks["index_MB"] = float(m.group(1))
 
     reader = threading.Thread(target=read_stderr, daemon=True)
     reader.start()
@@ -127,6 +135,8 @@ def run_one(corpus, model: str, steps: int, workers: int, threads: int, tmp: str
     return {"n_utts": corpus.n_utts, "hours": round(corpus.hours, 1), "model": model, "steps": steps,
             "ready_s": round(marks.get("ready_s", float("nan")), 2),
             "first_step_s": round(marks.get("first_step_s", float("nan")), 2), "total_s": round(total, 2),
+            "index_MB": marks.get("index_MB", float("nan")),
+            "index_B_per_utt": round(marks.get("index_MB", float("nan")) * 2**20 / corpus.n_utts, 1),
             "main_hwm_MB": round(peak["main_hwm"] / 2**20, 1),
             "workers_private_MB": round(peak["workers_private"] / 2**20, 1),
             "workers_hwm_MB": round(peak["workers_hwm"] / 2**20, 1), "workers": peak["n_workers"]}
@@ -152,19 +162,23 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--src", default=REPO, help="checkout whose stok is trained (default: this one)")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args()
     rows = []
     for n in (int(x) for x in args.sizes.split(",")):
         corpus = make_corpus(os.path.join(args.root, f"c{n}"), n)
         with tempfile.TemporaryDirectory() as tmp:
-            rows.append(run_one(corpus, args.model, args.steps, args.workers, args.threads, tmp))
+            rows.append(run_one(corpus, args.model, args.steps, args.workers, args.threads, tmp,
+                                os.path.abspath(args.src)))
         print(json.dumps(rows[-1]), flush=True)
-    print(f"CPU: {cpu_name()}")
-    print(f"{'utts':>8s} {'hours':>6s} {'ready s':>8s} {'1st step s':>10s} {'main MB':>8s} {'worker priv MB':>14s}")
+    print(f"CPU: {cpu_name()}; stok from {os.path.abspath(args.src)}")
+    print(f"{'utts':>8s} {'hours':>6s} {'ready s':>8s} {'1st step s':>10s} {'main MB':>8s} {'worker priv MB':>14s} "
+          f"{'index MB':>9s} {'index B/utt':>11s}")
     for r in rows:
         print(f"{r['n_utts']:8d} {r['hours']:6.0f} {r['ready_s']:8.2f} {r['first_step_s']:10.2f} "
-              f"{r['main_hwm_MB']:8.0f} {r['workers_private_MB']:14.0f}")
+              f"{r['main_hwm_MB']:8.0f} {r['workers_private_MB']:14.0f} {r['index_MB']:9.1f} "
+              f"{r['index_B_per_utt']:11.1f}")
     if len(rows) >= 2:
         a, b = rows[0], rows[-1]
         per = (b["main_hwm_MB"] - a["main_hwm_MB"]) * 2**20 / max(1, b["n_utts"] - a["n_utts"])

@@ -84,8 +84,9 @@ def build_data(cfg: TrainConfig, paths: Paths, info: DistInfo):
         else None
     sampler = ShardedBatchSampler(len(utts), cfg.data.batch_size, info.world, info.rank, cfg.sched.seed)
     if info.is_main:
-        log.info("train: %d utterances, %d batches per epoch (%d x %d processes); dev: %d utterances",
-                 len(utts), sampler.batches_per_epoch(), cfg.data.batch_size, info.world, len(dev_utts))
+        log.info("train: %d utterances (index %.1f MB), %d batches per epoch (%d x %d processes); dev: %d utterances",
+                 len(utts), train_ds.utts.nbytes / 2**20, sampler.batches_per_epoch(), cfg.data.batch_size, info.world,
+                 len(dev_utts))
     return train_ds, dev_ds, sampler
 
 
