@@ -15,6 +15,7 @@ from bench.corpus import make_corpus
 from stok.core.tables import TableError
 from stok.data.kaldi_dir import KaldiDirError, read_kaldi_dir
 from stok.train.data import CropDataset, read_utterances
+from stok.train import utt_index
 from stok.train.utt_index import read_index
 from tests.conftest import REPO
 
@@ -55,6 +56,39 @@ def test_teacher_entries_and_filters(corpora):
         np.testing.assert_array_equal(ds.read_teacher(row), table[utts.utt_id(row)])
     item = ds[(0, 3)]
     assert item["teacher"].shape == (50, 8) and item["wav"].shape == (16000,)
+
+
+def test_tables_read_in_many_chunks(corpora, monkeypatch):
+    """Chunk boundaries change nothing: 7-line chunks give the same utterances and teacher locations."""
+    c = corpora[SMALL]
+    whole = read_utterances(c.data_dir, c.teacher_scp)
+    monkeypatch.setattr(utt_index, "_CHUNK", 7)
+    chunked = read_utterances(c.data_dir, c.teacher_scp)
+    assert list(chunked) == read_kaldi_dir(c.data_dir).utterances() == list(whole)
+    assert [chunked.teacher.location(i, chunked.utt_id(i)) for i in range(len(chunked))] == \
+        [whole.teacher.location(i, whole.utt_id(i)) for i in range(len(whole))]
+
+
+def test_teacher_locations_other_than_ark_offset(tmp_path):
+    """Slices and missing entries: a slice is kept as written and read by kaldiio; a missing entry drops the row."""
+    import kaldiio
+
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "wav.scp").write_text("u1 /x1.flac\nu2 /x2.flac\nu3 /x3.flac\n")
+    ark = str(tmp_path / "t.ark")
+    with kaldiio.WriteHelper(f"ark,scp:{ark},{tmp_path / 'ref.scp'}") as w:
+        for i, u in enumerate(("u1", "u2")):
+            w(u, np.full((4, 3), i, dtype=np.float32) + np.arange(4, dtype=np.float32)[:, None])
+    ref = dict(line.split() for line in open(tmp_path / "ref.scp"))
+    scp = tmp_path / "t.scp"
+    scp.write_text(f"u2 {ref['u2']}[1:2]\nu1 {ref['u1']}\n")
+    utts = read_utterances(str(d), str(scp))
+    assert [u.utt_id for u in utts] == ["u1", "u2"]
+    assert utts.teacher.arks == [ark] and utts.teacher.other == {"u2": f"{ref['u2']}[1:2]"}
+    ds = CropDataset(utts, str(scp), 16000, 16000, 320, seed=0)
+    np.testing.assert_array_equal(ds.read_teacher(0), kaldiio.load_mat(ref["u1"]))
+    np.testing.assert_array_equal(ds.read_teacher(1), kaldiio.load_mat(ref["u2"])[1:3])
 
 
 def test_malformed_tables_name_file_and_line(tmp_path):
