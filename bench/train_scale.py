@@ -8,6 +8,9 @@ child process (CPU, ``data.num_workers`` audio workers). A monitor samples the p
 - ``ready_s``: launch to the log line that says the data index is built (reading the Kaldi dir and teacher scp);
 - ``index_MB``: the training index's bytes, as that line states them (``index_B_per_utt`` per utterance);
 - ``first_step_s``: launch to the first line of ``train_log.jsonl`` (the first step done);
+- ``ready_cpu_s``, ``first_step_cpu_s``: CPU seconds (user + system) the trainer and its workers had used by
+  then: the same figures on a machine shared with other jobs, where wall times stretch (``load`` gives the 1-minute
+  load average before and after the run);
 - ``main_hwm_MB``: the trainer's peak resident memory (``VmHWM``);
 - ``workers_private_MB``: peak private memory (USS: ``Private_Clean + Private_Dirty``) of each audio worker: what a
   worker holds beyond the pages it shares with the trainer (a copy of the index shows up here);
@@ -51,6 +54,21 @@ def _status(pid: int, key: str) -> int:
     except OSError:
         pass
     return 0
+
+
+def _cpu(pid: int) -> float:
+    """CPU seconds (user + system) a process has used (0 when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def _load() -> float:
+    with open("/proc/loadavg") as f:
+        return float(f.read().split()[0])
 
 
 def _private(pid: int) -> int:
@@ -100,6 +118,7 @@ def run_one(corpus, model: str, steps: int, workers: int, threads: int, tmp: str
            "--set", "data.dev_max_utts=2", "--set", "sched.valid_every=1000000", "--set", "sched.save_every=1000000"]
     env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", ""),
            "OMP_NUM_THREADS": str(threads)}
+    load0 = _load()
     t0 = time.time()
     proc = subprocess.Popen(cmd, env=env, cwd=src, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     marks = {}
@@ -110,6 +129,7 @@ def run_one(corpus, model: str, steps: int, workers: int, threads: int, tmp: str
             err_lines.append(line)
             if "ready_s" not in marks and "batches per epoch" in line:
                 marks["ready_s"] = time.time() - t0
+                marks["ready_cpu_s"] = _cpu(proc.pid) + sum(_cpu(k) for k in _children(proc.pid))
                 m = re.search(r"\(index ([0-9.]+) MB\)", line)
                 if m:
                     marks["index_MB"] = float(m.group(1))
@@ -121,6 +141,7 @@ def run_one(corpus, model: str, steps: int, workers: int, threads: int, tmp: str
     while proc.poll() is None:
         if "first_step_s" not in marks and os.path.exists(log) and os.path.getsize(log) > 0:
             marks["first_step_s"] = time.time() - t0
+            marks["first_step_cpu_s"] = _cpu(proc.pid) + sum(_cpu(k) for k in _children(proc.pid))
         peak["main_hwm"] = max(peak["main_hwm"], _status(proc.pid, "VmHWM"))
         kids = _children(proc.pid)
         peak["n_workers"] = max(peak["n_workers"], len(kids))
@@ -135,7 +156,9 @@ def run_one(corpus, model: str, steps: int, workers: int, threads: int, tmp: str
     return {"n_utts": corpus.n_utts, "hours": round(corpus.hours, 1), "model": model, "steps": steps,
             "ready_s": round(marks.get("ready_s", float("nan")), 2),
             "first_step_s": round(marks.get("first_step_s", float("nan")), 2), "total_s": round(total, 2),
-            "index_MB": marks.get("index_MB", float("nan")),
+            "ready_cpu_s": round(marks.get("ready_cpu_s", float("nan")), 2),
+            "first_step_cpu_s": round(marks.get("first_step_cpu_s", float("nan")), 2),
+            "load": [load0, _load()], "index_MB": marks.get("index_MB", float("nan")),
             "index_B_per_utt": round(marks.get("index_MB", float("nan")) * 2**20 / corpus.n_utts, 1),
             "main_hwm_MB": round(peak["main_hwm"] / 2**20, 1),
             "workers_private_MB": round(peak["workers_private"] / 2**20, 1),
@@ -173,12 +196,12 @@ def main() -> None:
                                 os.path.abspath(args.src)))
         print(json.dumps(rows[-1]), flush=True)
     print(f"CPU: {cpu_name()}; stok from {os.path.abspath(args.src)}")
-    print(f"{'utts':>8s} {'hours':>6s} {'ready s':>8s} {'1st step s':>10s} {'main MB':>8s} {'worker priv MB':>14s} "
-          f"{'index MB':>9s} {'index B/utt':>11s}")
+    print(f"{'utts':>8s} {'hours':>6s} {'ready s':>8s} {'1st step s':>10s} {'(cpu s)':>8s} {'main MB':>8s} "
+          f"{'worker priv MB':>14s} {'index MB':>9s} {'index B/utt':>11s} {'load':>10s}")
     for r in rows:
         print(f"{r['n_utts']:8d} {r['hours']:6.0f} {r['ready_s']:8.2f} {r['first_step_s']:10.2f} "
-              f"{r['main_hwm_MB']:8.0f} {r['workers_private_MB']:14.0f} {r['index_MB']:9.1f} "
-              f"{r['index_B_per_utt']:11.1f}")
+              f"{r['first_step_cpu_s']:8.2f} {r['main_hwm_MB']:8.0f} {r['workers_private_MB']:14.0f} "
+              f"{r['index_MB']:9.1f} {r['index_B_per_utt']:11.1f} {r['load'][0]:4.1f}-{r['load'][1]:<4.1f}")
     if len(rows) >= 2:
         a, b = rows[0], rows[-1]
         per = (b["main_hwm_MB"] - a["main_hwm_MB"]) * 2**20 / max(1, b["n_utts"] - a["n_utts"])
