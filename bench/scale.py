@@ -14,8 +14,9 @@ of any one table, 1 = the dir read once). Parts (``--parts``, default all, in th
   a data dir of their own);
 - ``kmeans``: ``stok-kmeans learn --percent 0.1`` (100 clusters, the MFCC recipe's) on that MFCC dump, then
   ``stok-kmeans dump`` (labels) of it;
-- ``labels_full``: ``stok-kmeans learn`` + ``dump`` on the corpus's own teacher scp at full size (``--teacher_dim``
-  dims; the cheapest complete dump of 281,241 entries on 2 shared cores: the finished dump for the rerun rows);
+- ``labels_full``: ``stok-kmeans dump`` (labels; the model learned beforehand on 200,000 frames, not timed) of the
+  corpus's own teacher scp, its first N entries for N in ``--label_sizes`` (default 30,000 and the full size) (``--teacher_dim`` dims: the cheapest complete dump of 281,241 entries on
+  2 shared cores, the finished dump for the full-size rerun row);
 - ``hubert``, ``s3``, ``codes``: random-weight models of the released sizes (HuBERT base as a torchaudio state
   dict, ``--layer avg``; S3Tokenizer v2_25hz as an official-layout ONNX file; SpeechTokenizer in the released
   ``config.json`` + ``SpeechTokenizer.pt`` layout) on ``--subset_utts`` utterances (CPU cannot do 960 h here);
@@ -26,7 +27,8 @@ of any one table, 1 = the dir read once). Parts (``--parts``, default all, in th
   (its ``--json_out``), or run when ``--kmeans_workdir`` is given and this checkout's bench/kmeans.py has --scale.
 
 Results go to ``<workdir>/results.json`` (one entry per row, with its command line) and the table printed at the
-end holds every row of that file, so parts can run in separate invocations. Timed rows need the machine to
+end holds every row of that file, so parts can run in separate invocations (a dump's first-run row is measured
+once per workdir; reruns every time). Timed rows need the machine to
 themselves: run under ``flock -x /tmp/stok-cpu.lock`` or give ``--lock /tmp/stok-cpu.lock`` (each row then takes
 the lock exclusively, preparation shared; do not combine the two).
 
@@ -197,7 +199,11 @@ class Bench:
 
     def timed(self, key: str, label: str, cmd: List[str], data_dir: Optional[str] = None, utts: int = 0,
               audio_s: float = 0.0, note: str = "", out_dir: Optional[str] = None) -> dict:
-        """One timed row: the command under the exclusive lock, its reads of ``data_dir``'s tables counted."""
+        """One timed row: the command under the exclusive lock, its reads of ``data_dir``'s tables counted. A first
+        run's row already in results.json is kept (its dump is finished: running it again would time a rerun)."""
+        if key in self.results and not key.startswith("rerun_"):
+            print(f"[{key}] measured before ({self.results[key]['date']}); kept", flush=True)
+            return self.results[key]
         probe = os.path.join(self.w, "logs", f"{key}.opens.json")
         for p in [probe] + [f"{probe}.{r}" for r in range(8)]:
             with contextlib.suppress(FileNotFoundError):
@@ -267,17 +273,27 @@ class Bench:
                     "--output_dir", os.path.join(self.w, "dump", f"km100_mfcc_{n}")], utts=n, audio_s=audio)
 
     def labels_full(self):
-        n = self.a.n_utts
+        """Labels of the corpus's teacher scp (its first N entries for each N of ``--label_sizes``)."""
         model = os.path.join(self.w, "exp", "km_teacher.npz")
-        audio = audio_seconds(self.full)
-        note = f"teacher scp of {self.a.teacher_dim} dims over shared records (bench/corpus.py)"
-        self.timed("labels_full_learn", f"stok-kmeans learn --percent 0.1, k=100, {n:,} utt", [
-            sys.executable, "-m", "stok.bin.kmeans", "learn", "--feats_scp", self.corpus.teacher_scp,
-            "--n_clusters", "100", "--percent", "0.1", "--output", model, "--overwrite"], utts=n, note=note)
-        self.timed("labels_full", f"stok-kmeans dump (labels), {n:,} utt", [
-            sys.executable, "-m", "stok.bin.kmeans", "dump", "--km_model", model, "--feats_scp",
-            self.corpus.teacher_scp, "--output_dir", os.path.join(self.w, "dump", "km_teacher_full"), "--no_text"],
-            utts=n, audio_s=audio, note=note)
+        if not os.path.isfile(model):  # preparation, not a row: a small model is enough to label every frame
+            with self.lock.hold(False):
+                subprocess.run([sys.executable, "-m", "stok.bin.kmeans", "learn", "--feats_scp",
+                                self.corpus.teacher_scp, "--n_clusters", "100", "--max_frames", "200000",
+                                "--sample_by", "utterance", "--output", model],
+                               check=True, cwd=REPO, env={**os.environ, "PYTHONPATH": REPO},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for n in sorted({min(int(x), self.a.n_utts) for x in self.a.label_sizes.split(",") if x}):
+            scp = self.corpus.teacher_scp
+            if n < self.a.n_utts:
+                scp = os.path.join(self.w, "data", f"teacher_{n}.scp")
+                with open(self.corpus.teacher_scp) as src, open(scp, "w") as dst:
+                    dst.writelines(line for _, line in zip(range(n), src))
+            key = "labels_full" if n == self.a.n_utts else f"labels_{n}"
+            self.timed(key, f"stok-kmeans dump (labels), {n:,} utt", [
+                sys.executable, "-m", "stok.bin.kmeans", "dump", "--km_model", model, "--feats_scp", scp,
+                "--output_dir", os.path.join(self.w, "dump", f"km_teacher_{n}"), "--no_text"],
+                utts=n, audio_s=audio_seconds(self.full) * n / self.a.n_utts,
+                note=f"the corpus's teacher scp ({self.a.teacher_dim} dims, shared records), k = 100")
 
     def _models(self, which: str) -> str:
         """A random-weight model of the released size (made once), unless one was given."""
@@ -326,8 +342,10 @@ class Bench:
 
     def rerun(self):
         """Every finished dump above, run again with the same command (nothing to do)."""
-        for key in ("labels_full", "energy", "mfcc", "kmeans_labels", "hubert", "s3", "codes"):
+        for key in list(self.results):
             row = self.results.get(key)
+            if key in ("index", "kmeans_scale") or key.endswith("_learn"):
+                continue
             if not row or row.get("rerun_of"):
                 continue
             cmd = row["command"].split()
@@ -410,6 +428,8 @@ def main(argv=None) -> None:
     p.add_argument("--light_utts", type=int, default=30000, help="utterances of the energy and MFCC dumps")
     p.add_argument("--subset_utts", type=int, default=100, help="utterances of the neural dumps (HuBERT, S3, codes)")
     p.add_argument("--teacher_dim", type=int, default=4, help="dims of the corpus's teacher scp (labels_full)")
+    p.add_argument("--label_sizes", default=f"30000,{LIBRISPEECH_960_UTTS}",
+                   help="labels_full: label the first N entries of the teacher scp for each N (capped at --n_utts)")
     p.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, of {','.join(PARTS)}")
     p.add_argument("--nj", type=int, default=2, help="dump processes (run.sh's nj; >1: torchrun on CPU)")
     p.add_argument("--num_workers", type=int, default=2, help="DataLoader workers per dump process (run.sh's)")
