@@ -296,9 +296,8 @@ class Bench:
                 note=f"the corpus's teacher scp ({self.a.teacher_dim} dims, shared records), k = 100")
 
     def _models(self, which: str) -> str:
-        """A random-weight model of the released size (made once), unless one was given."""
-        import torch
-
+        """A random-weight model of the released size (made once, in a child process so that this process stays
+        small: a child's peak RSS as ``wait4`` reports it includes what it inherited from here before its exec)."""
         given = {"hubert": self.a.hubert_checkpoint, "s3": self.a.s3_model, "codes": self.a.st_model_dir}[which]
         if given:
             return given
@@ -306,22 +305,19 @@ class Bench:
                                                "codes": "speechtokenizer_random"}[which])
         if os.path.exists(path):
             return path
-        torch.manual_seed(0)
+        code = {
+            "hubert": "import torch, torchaudio; torch.manual_seed(0); "
+                      "torch.save(torchaudio.models.hubert_base().eval().state_dict(), sys.argv[1])",
+            "s3": "from stok.models.s3.config import full_config; from stok.models.s3.model import build_model; "
+                  "from stok.models.s3.onnx_export_official import export_official; "
+                  "export_official(build_model(full_config('v2_25hz'), seed=0), sys.argv[1])",
+            "codes": "import torch; torch.manual_seed(0); from stok.models.speechtokenizer import SpeechTokenizer, "
+                     "SpeechTokenizerConfig, save_released; "
+                     "save_released(SpeechTokenizer(SpeechTokenizerConfig()).eval(), sys.argv[1])",
+        }[which]
         with self.lock.hold(False):
-            if which == "hubert":
-                import torchaudio
-
-                torch.save(torchaudio.models.hubert_base().eval().state_dict(), path)
-            elif which == "s3":
-                from stok.models.s3.config import full_config
-                from stok.models.s3.model import build_model
-                from stok.models.s3.onnx_export_official import export_official
-
-                export_official(build_model(full_config("v2_25hz"), seed=0), path)
-            else:
-                from stok.models.speechtokenizer import SpeechTokenizer, SpeechTokenizerConfig, save_released
-
-                save_released(SpeechTokenizer(SpeechTokenizerConfig()).eval(), path)
+            subprocess.run([sys.executable, "-c", "import sys; " + code, path], check=True, cwd=REPO,
+                           env={**os.environ, "PYTHONPATH": REPO})
         return path
 
     def neural(self, which: str):
