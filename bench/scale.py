@@ -182,8 +182,12 @@ class Bench:
         self.lock = Lock(args.lock)
         self.results_path = os.path.join(self.w, "results.json")
         self.results = json.load(open(self.results_path)) if os.path.isfile(self.results_path) else {}
-        with self.lock.hold(False):
-            self.corpus = make_corpus(os.path.join(self.w, "corpus"), args.n_utts, teacher_dim=args.teacher_dim)
+        root = os.path.join(self.w, "corpus")
+        with self.lock.hold(False):  # built in a child (this process stays small: see _models), then read back
+            subprocess.run([sys.executable, os.path.join(REPO, "bench", "corpus.py"), root, "--n_utts",
+                            str(args.n_utts), "--teacher_dim", str(args.teacher_dim)], check=True, cwd=REPO,
+                           stdout=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": REPO})
+        self.corpus = make_corpus(root, args.n_utts, teacher_dim=args.teacher_dim)
         self.full = self.corpus.data_dir
 
     # ------------------------------------------------------------------ helpers
