@@ -59,11 +59,19 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
-    """The batch budget by device, unless --batch_seconds or --max_frames was given."""
-    if not args.batch_seconds and not args.max_frames:
-        import torch
+    """The batch budget by device, unless --batch_seconds or --max_frames was given; --dtype bfloat16 on CPU only
+    where the CPU has bfloat16 dot products."""
+    import torch
 
-        on_gpu = args.device.startswith("cuda") or (args.device == "auto" and torch.cuda.is_available())
+    on_gpu = args.device.startswith("cuda") or (args.device == "auto" and torch.cuda.is_available())
+    if not on_gpu and args.teacher == "hubert" and args.dtype == "bfloat16":
+        from stok.models.cpu_isa import cpu_isa
+
+        isa = cpu_isa()
+        if not isa.bf16:
+            raise UserError(f"--dtype bfloat16 on CPU needs bfloat16 dot products (AVX-512 BF16 or AMX), which this "
+                            f"CPU ({isa.label}) lacks: there it would run slower than float32; use --dtype float32")
+    if not args.batch_seconds and not args.max_frames:
         args.batch_seconds = GPU_BATCH_SECONDS if on_gpu else CPU_BATCH_SECONDS
     return args
 

@@ -2,12 +2,21 @@
 
 Bad input never stops a dump: an unreadable, empty, truncated or too-short utterance comes back
 as a failure ``(utt_id, reason)`` in its batch, and the engine lists it in ``failed.list``.
+
+:class:`ThreadLoader` is the CPU engine's loader: the same batches from worker *threads* of the dumping process.
+Forked DataLoader workers share the parent's memory copy-on-write, so while they live every page of the parent's
+heap that the model writes again (its activations reuse freed memory) costs a page fault and a copy, and with
+several compute threads a TLB shootdown across cores: measured on 2 AVX-512 cores (S3Tokenizer v1 50 Hz, 2 torch
+threads), ~46,000 such faults per 106 s of audio made the engine 15-20% slower than loading in-process. Threads
+share the heap without faults; reading, resampling and the front ends release the GIL.
 """
 
 from __future__ import annotations
 
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -55,3 +64,34 @@ class Collate:
             return Batch([], None, None, [], failures)
         padded, lengths = self.model.collate([x for _, x, _ in ok])
         return Batch([k for k, _, _ in ok], padded, lengths, [n for _, _, n in ok], failures)
+
+
+class ThreadLoader:
+    """``DataLoader(dataset, batch_sampler=batches, collate_fn=collate, num_workers=workers)`` with threads: each
+    batch is read and collated by one of ``workers`` threads, at most ``prefetch`` batches ahead, yielded in order
+    (a worker's exception is raised here, at its batch)."""
+
+    def __init__(self, dataset: UtteranceDataset, batches: Iterable[Sequence[int]], collate: Callable, workers: int,
+                 prefetch: int = 4):
+        self.dataset, self.batches, self.collate = dataset, batches, collate
+        self.workers, self.prefetch = max(1, workers), max(1, prefetch)
+
+    def _load(self, batch: Sequence[int]) -> Batch:
+        return self.collate([self.dataset[i] for i in batch])
+
+    def __iter__(self) -> Iterator[Batch]:
+        pool = ThreadPoolExecutor(self.workers, thread_name_prefix="stok-loader")
+        pending: deque = deque()
+        todo = iter(self.batches)
+        try:
+            while True:
+                while len(pending) < self.prefetch * self.workers:
+                    batch = next(todo, None)
+                    if batch is None:
+                        break
+                    pending.append(pool.submit(self._load, batch))
+                if not pending:
+                    return
+                yield pending.popleft().result()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)

@@ -5,7 +5,8 @@ options, the utterance list (Kaldi dir or wav.scp + segments), the output locati
 ``build_model``), and that the output dir holds no dump made by another model or settings (the fingerprint,
 ``stok.dump.fingerprint``). Only then it creates the dir (``--overwrite``: removes the old outputs) and
 records the fingerprint. It shards the list over ``torchrun`` ranks, skips what earlier runs wrote, batches
-the rest by length, loads audio in DataLoader workers, calls ``model.encode`` per padded batch, writes each
+the rest by length, loads audio in DataLoader workers (worker threads on CPU: ``stok.dump.dataset.ThreadLoader``),
+calls ``model.encode`` per padded batch, writes each
 result crash-safely to the rank's ark/scp, lists failures, and (rank 0) merges everything at the end.
 A model only says how a padded batch becomes codes (``stok.dump.model_api.DumpModel``). User mistakes
 raise :class:`stok.cli.UserError`.
@@ -28,7 +29,7 @@ from stok.data.audio import AudioError, duration_seconds
 from stok.data.kaldi_dir import Utterance, read_kaldi_dir, utterances_from_scp
 from stok.dump import distributed
 from stok.dump.bucketing import make_batches, padding_stats, shard
-from stok.dump.dataset import Batch, Collate, UtteranceDataset
+from stok.dump.dataset import Batch, Collate, ThreadLoader, UtteranceDataset
 from stok.dump.fingerprint import check_fingerprint, start_output
 from stok.dump.merge import done_keys, merge
 from stok.dump.model_api import DumpModel
@@ -125,8 +126,7 @@ def run_dump(args, build_model: Callable[[torch.device], DumpModel], name: str,
     info = distributed.setup(args.device, args.threads)
     show = info.is_main
     model = build_model(info.device)
-    kernels = getattr(args, "cpu_kernels", "auto")
-    model.set_fast_cpu(model.fast_cpu_by_default if kernels == "auto" else kernels == "fast")
+    model.set_cpu_kernels(getattr(args, "cpu_kernels", "auto"))
     if args.text_output and model.float_output:
         raise UserError(f"--text_output writes integer tokens as text; {name} holds float features: leave it out")
     if args.feature_storage != "float32" and not model.float_output:
@@ -159,10 +159,13 @@ def run_dump(args, build_model: Callable[[torch.device], DumpModel], name: str,
                  name, len(utts), len(mine), already, len(batches), 100 * pad["padding_ratio"],
                  info.world, info.device)
 
-    loader = torch.utils.data.DataLoader(
-        UtteranceDataset(todo, model), batch_sampler=batches, collate_fn=Collate(model),
-        num_workers=args.num_workers, pin_memory=info.device.type == "cuda",
-        prefetch_factor=4 if args.num_workers else None)
+    if info.device.type == "cpu" and args.num_workers:  # threads: forked workers cost the model page faults
+        loader = ThreadLoader(UtteranceDataset(todo, model), batches, Collate(model), args.num_workers, prefetch=4)
+    else:
+        loader = torch.utils.data.DataLoader(
+            UtteranceDataset(todo, model), batch_sampler=batches, collate_fn=Collate(model),
+            num_workers=args.num_workers, pin_memory=info.device.type == "cuda",
+            prefetch_factor=4 if args.num_workers else None)
     written, audio_seconds = 0, 0.0
     bar = tqdm(total=len(todo), desc=f"{name} (rank 0 of {info.world})", unit="utt", disable=not show)
     for batch in loader:

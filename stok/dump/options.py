@@ -44,7 +44,9 @@ def add_dump_args(parser: argparse.ArgumentParser) -> None:
                    help="max padded audio seconds per batch (batch size x longest utterance)")
     b.add_argument("--no_bucketing", action="store_true",
                    help="batch in key order instead of by length (more padding; for comparisons)")
-    b.add_argument("--num_workers", type=int, default=2, help="DataLoader worker processes reading audio (0: in-process)")
+    b.add_argument("--num_workers", type=int, default=2,
+                   help="workers reading audio: DataLoader processes on GPU, threads of the dumping process on CPU "
+                        "(0: in the main loop)")
     b.add_argument("--threads", type=int, default=0, help="torch CPU threads per process (0: cores / processes)")
     b.add_argument("--cpu_kernels", choices=CPU_KERNELS, default="auto",
                    help="on CPU in fp32: fast = stok's kernels (prepacked oneDNN matrix products, fused front ends, "

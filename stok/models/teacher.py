@@ -159,8 +159,9 @@ class HubertTeacher(Teacher):
         from stok.dump.fingerprint import weights_checksum
 
         d = self.describe()
-        keep = ("model", "frame_rate", "layer", "num_layers", "dim", "normalize", "max_chunk", "dtype", "architecture")
-        return {**{k: d[k] for k in keep}, "weights_sha256": weights_checksum(self.extractor.loaded.source)}
+        keep = ("model", "frame_rate", "layer", "num_layers", "dim", "normalize", "max_chunk", "dtype", "architecture",
+                "cpu_precision")  # cpu_precision: only in CPU bfloat16 runs
+        return {**{k: d[k] for k in keep if k in d}, "weights_sha256": weights_checksum(self.extractor.loaded.source)}
 
 
 class MfccTeacher(Teacher):
