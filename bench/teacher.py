@@ -54,9 +54,10 @@ import torchaudio
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.roofline import fraction, gemm_peak, print_peak  # noqa: E402
-from stok.bin.dump_features import CPU_BATCH_SECONDS, NAME, get_parser  # noqa: E402
-from stok.dump.bucketing import make_batches  # noqa: E402
+from stok.bin.dump_features import NAME, get_parser  # noqa: E402
+from stok.core.bucketing import make_batches  # noqa: E402
 from stok.dump.engine import run_dump  # noqa: E402
+from stok.dump.settings import DumpSettings  # noqa: E402
 from stok.models.hubert import load_hubert  # noqa: E402
 from stok.models.hubert.configs import get_config  # noqa: E402
 from stok.models.cpu_isa import cpu_isa  # noqa: E402
@@ -125,7 +126,7 @@ def engine(teacher, data_dir: str, out_dir: str, layer: str, workers: int, extra
     args = get_parser().parse_args(["--teacher", "hubert", "--checkpoint", "unused", "--layer", layer,
                                     "--data_dir", data_dir, "--output_dir", out_dir, "--device", "cpu",
                                     "--num_workers", str(workers), "--overwrite", *extra])
-    run_dump(args, lambda device: teacher, name=NAME)
+    run_dump(DumpSettings.from_args(args), lambda device: teacher, name=NAME)
     return dict(kaldiio.load_scp(os.path.join(out_dir, f"{NAME}.scp")))
 
 
@@ -143,7 +144,7 @@ def main() -> None:
     p.add_argument("--num_utts", type=int, default=40)
     p.add_argument("--min_s", type=float, default=1.0)
     p.add_argument("--max_s", type=float, default=16.0)
-    p.add_argument("--batch_seconds", type=float, default=CPU_BATCH_SECONDS,
+    p.add_argument("--batch_seconds", type=float, default=HubertTeacher.batch_seconds["cpu"],
                    help="padded audio seconds per batch for (b), (e), (d) (default: stok-dump-features' CPU default)")
     p.add_argument("--layers", default="9", help="comma-separated --layer values to measure (numbers or avg)")
     p.add_argument("--modes", default="t,a,b,e,d", help="what to run, in order (see above)")

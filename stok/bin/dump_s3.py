@@ -27,10 +27,12 @@ import os
 
 import torch
 
-from stok.cli import UserError, entry_point
+from stok.bin.entry import entry_point
+from stok.core.distributed import on_gpu
+from stok.core.errors import UserError
+from stok.core.fileio import atomic_torch_save
 from stok.dump.engine import run_dump
-from stok.dump.options import add_dump_args
-from stok.fileio import atomic_torch_save
+from stok.dump.settings import DumpSettings, add_dump_arguments
 from stok.models.s3.config import VERSIONS
 
 NAME = "s3_tokens"
@@ -55,33 +57,13 @@ def get_parser() -> argparse.ArgumentParser:
     g.add_argument("--cosyvoice_export", action="store_true",
                    help="also write utt2speech_token.pt (utterance id -> list of ints) for CosyVoice fine-tuning "
                         "(an existing one in --output_dir is always rewritten to match s3_tokens.scp)")
-    add_dump_args(p)
-    # batch budget: 0 picks by device and version (CPU_BATCH_TOKENS); an explicit --batch_seconds or --max_frames wins
-    p.set_defaults(batch_seconds=0.0)
+    add_dump_arguments(p)
     return p
 
 
-# On CPU a batch is one matrix of frames without padding (stok.models.s3.cpu_infer): its products reach full speed at
-# a few hundred token rows, and past about a thousand rows the activations outgrow the caches (measured on 2 AVX-512
-# cores: 2000 rows 15-20% slower than 1000). So CPU batches hold about 1000 tokens: 20 s of audio at 50 Hz, 40 s at
-# 25 Hz.
-CPU_BATCH_TOKENS = 1000
-GPU_BATCH_SECONDS = 240.0
-
-
-def cpu_batch_seconds(args: argparse.Namespace) -> float:
-    """CPU_BATCH_TOKENS in seconds of audio at the model's token rate (--version, or an official name's; 50 Hz when
-    neither tells, i.e. a checkpoint without --version: smaller batches, within a few per cent of the best)."""
-    from stok.models.s3.config import full_config
-    from stok.models.s3.hub import MODELS, canonical_name
-
-    canon = canonical_name(args.model)
-    version = args.version or (MODELS[canon].version if canon else "v1_50hz")
-    return CPU_BATCH_TOKENS / full_config(version).token_rate
-
-
-def check_cpu_dtype(dtype: str, device: str) -> None:
-    """``--dtype`` on CPU: fp32 always; bf16 only with native bfloat16 dot products; fp16 never."""
+def check_cpu_dtype(dtype: str, device: str, cpu_kernels: str) -> None:
+    """``--dtype`` on CPU: fp32 always; bf16 only with native bfloat16 dot products (and stok's CPU kernels, which
+    run it); fp16 never. Raised before anything is read or written."""
     from stok.models.cpu_isa import cpu_isa
 
     if dtype == "fp16":
@@ -91,27 +73,14 @@ def check_cpu_dtype(dtype: str, device: str) -> None:
     if dtype == "bf16" and not isa.bf16:
         raise UserError(f"--dtype bf16 on CPU needs bfloat16 dot products (AVX-512 BF16 or AMX), which this CPU "
                         f"({isa.label}) lacks: there it would run slower than fp32; use --dtype fp32")
-
-
-def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
-    """Device-dependent defaults: the batch budget (unless --batch_seconds/--max_frames) and --window_batch."""
-    if args.window_batch < 0:
-        raise UserError(f"--window_batch {args.window_batch}: give a number >= 0")
-    on_gpu = args.device.startswith("cuda") or (args.device == "auto" and torch.cuda.is_available())
-    if args.dtype != "fp32" and not on_gpu:
-        check_cpu_dtype(args.dtype, args.device)
-        if args.cpu_kernels == "reference":
-            raise UserError(f"--dtype {args.dtype} on CPU runs stok's CPU kernels; leave out --cpu_kernels reference "
-                            "(or use --dtype fp32)")
-    if not args.batch_seconds and not args.max_frames:
-        args.batch_seconds = GPU_BATCH_SECONDS if on_gpu else cpu_batch_seconds(args)
-    args.window_batch = args.window_batch or (8 if on_gpu else 2)
-    return args
+    if dtype == "bf16" and cpu_kernels == "reference":
+        raise UserError("--dtype bf16 on CPU runs stok's CPU kernels; leave out --cpu_kernels reference "
+                        "(or use --dtype fp32)")
 
 
 def write_cosyvoice_export(output_dir: str) -> str:
     """``utt2speech_token.pt`` (utterance id -> list of ints) from the merged ``s3_tokens.scp``."""
-    from stok.dump.storage import load_codes
+    from stok.core.storage import load_codes
 
     tokens = {k: [int(x) for x in v] for k, v in load_codes(os.path.join(output_dir, f"{NAME}.scp"))}
     path = os.path.join(output_dir, "utt2speech_token.pt")
@@ -121,8 +90,13 @@ def write_cosyvoice_export(output_dir: str) -> str:
 
 @entry_point
 def main(argv=None) -> dict:
-    args = resolve_defaults(get_parser().parse_args(argv))
-    dtype, window_batch = DTYPES[args.dtype], args.window_batch
+    args = get_parser().parse_args(argv)
+    settings = DumpSettings.from_args(args)
+    if args.window_batch < 0:
+        raise UserError(f"--window_batch {args.window_batch}: give a number >= 0")
+    if args.dtype != "fp32" and not on_gpu(settings.device):
+        check_cpu_dtype(args.dtype, settings.device, settings.cpu_kernels)
+    dtype = DTYPES[args.dtype]
 
     def build(device: torch.device):
         from stok.models.s3.dump_model import S3DumpModel
@@ -130,7 +104,8 @@ def main(argv=None) -> dict:
 
         on_cpu = device.type != "cuda"
         if dtype != torch.float32 and on_cpu:
-            check_cpu_dtype(args.dtype, str(device))
+            check_cpu_dtype(args.dtype, str(device), settings.cpu_kernels)
+        window_batch = args.window_batch or (8 if device.type == "cuda" else 2)
         try:
             model = load_s3(args.model, args.version, device, torch.float32 if on_cpu else dtype, window_batch)
         except (FileNotFoundError, ValueError) as e:
@@ -146,7 +121,7 @@ def main(argv=None) -> dict:
         logging.getLogger("stok.dump").info("CosyVoice export: %s", path)
 
     stale = os.path.exists(os.path.join(args.output_dir, "utt2speech_token.pt"))  # never left behind the tokens
-    return run_dump(args, build, name=NAME, finish=export if args.cosyvoice_export or stale else None)
+    return run_dump(settings, build, name=NAME, finish=export if args.cosyvoice_export or stale else None)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 The engine reads and resamples audio in its workers; ``encode`` runs one padded, length-sorted batch
 through the encoder with each item's true length and returns, per utterance, its ``ceil(samples / hop)``
 frames of the first ``n_q`` codebooks as int32 ``[T, n_q]`` (stored as exact float32 matrices, 4 bytes a
-code; read back with ``stok.dump.storage.load_codes``). Three CPU paths in fp32 (``kernels``):
+code; read back with ``stok.core.storage.load_codes``). Three CPU paths in fp32 (``kernels``):
 
 - ``reference``: ``model.encode`` (on CPU item by item: bitwise the one-at-a-time codes);
 - ``exact``: the fast path in its exact mode (``FastEncoder(exact=True)``): bitwise the same codes, faster where
@@ -25,7 +25,7 @@ from typing import List, Sequence
 import numpy as np
 import torch
 
-from stok.dump.model_api import DumpModel
+from stok.core.model_api import DumpModel
 from stok.models.speechtokenizer.fast_encode import FastEncoder
 from stok.models.speechtokenizer.model import SpeechTokenizer
 
@@ -41,6 +41,9 @@ def auto_kernels() -> str:
 class STDumpModel(DumpModel):
     #: the fast path flips ~1% of frames at near-ties (random-weights benchmark): opt-in (--cpu_kernels fast)
     fast_cpu_by_default = False
+    # On CPU both paths run the convolutions item by item; --cpu_kernels fast runs the LSTM on the batch, which pays
+    # from 16 utterances on (stok.models.speechtokenizer.batched_lstm): the batch holds only 50 Hz features
+    batch_seconds = {"cpu": 600.0, "cuda": 600.0}
 
     def __init__(self, model: SpeechTokenizer, n_q: int = 0, dtype: torch.dtype = torch.float32,
                  weights_files: Sequence[str] = ()):
@@ -95,7 +98,7 @@ class STDumpModel(DumpModel):
                 "dtype": str(self.dtype).replace("torch.", ""), "layout": "[T, n_q] frames x codebooks"}
 
     def fingerprint(self) -> dict:
-        from stok.dump.fingerprint import file_sha256, module_checksum
+        from stok.core.checksums import file_sha256, module_checksum
 
         weights = ([file_sha256(p) for p in self.weights_files] if self.weights_files
                    else module_checksum(self.model))
