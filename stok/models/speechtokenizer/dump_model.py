@@ -3,10 +3,16 @@
 The engine reads and resamples audio in its workers; ``encode`` runs one padded, length-sorted batch
 through the encoder with each item's true length and returns, per utterance, its ``ceil(samples / hop)``
 frames of the first ``n_q`` codebooks as int32 ``[T, n_q]`` (stored as exact float32 matrices, 4 bytes a
-code; read back with ``stok.core.storage.load_codes``): by default through ``model.encode`` (on CPU item by
-item: bitwise the one-at-a-time codes). With ``--cpu_kernels fast`` (``set_fast_cpu(True)``), on CPU in fp32,
-the batch runs through the inference fast path (:mod:`~stok.models.speechtokenizer.fast_encode`, ~1.4x on
-2 cores): the same codes but for flips where two codes are within float rounding of each other.
+code; read back with ``stok.core.storage.load_codes``). Three CPU paths in fp32 (``kernels``):
+
+- ``reference``: ``model.encode`` (on CPU item by item: bitwise the one-at-a-time codes);
+- ``exact``: the fast path in its exact mode (``FastEncoder(exact=True)``): bitwise the same codes, faster where
+  its folded weight norms and batched last convolution outweigh its bookkeeping;
+- ``fast`` (``--cpu_kernels fast``): the inference fast path (:mod:`~stok.models.speechtokenizer.fast_encode`,
+  batched LSTMs, ELU from ``exp``; ~1.4x on 2 cores): the same codes but for flips where two codes are within
+  float rounding of each other.
+
+``--cpu_kernels auto`` (the default) takes the faster of the two exact paths on this CPU (:func:`auto_kernels`).
 ``fingerprint`` (what a resumed dump must share): the config, ``n_q``, the dtype and the SHA-256 of the weights
 files (``weights_files``: config.json and SpeechTokenizer.pt).
 """
@@ -24,12 +30,21 @@ from stok.models.speechtokenizer.fast_encode import FastEncoder
 from stok.models.speechtokenizer.model import SpeechTokenizer
 
 
+def auto_kernels() -> str:
+    """``--cpu_kernels auto``: the faster exact path on this CPU (``exact`` or ``reference``; see module docstring),
+    as measured by ``bench/st_encode.py`` (modes a, e) per instruction set."""
+    from stok.models.cpu_isa import cpu_isa
+
+    return "exact" if cpu_isa().avx512 else "reference"
+
+
 class STDumpModel(DumpModel):
     #: the fast path flips ~1% of frames at near-ties (random-weights benchmark): opt-in (--cpu_kernels fast)
     fast_cpu_by_default = False
     # On CPU both paths run the convolutions item by item; --cpu_kernels fast runs the LSTM on the batch, which pays
     # from 16 utterances on (stok.models.speechtokenizer.batched_lstm): the batch holds only 50 Hz features
     batch_seconds = {"cpu": 600.0, "cuda": 600.0}
+
     def __init__(self, model: SpeechTokenizer, n_q: int = 0, dtype: torch.dtype = torch.float32,
                  weights_files: Sequence[str] = ()):
         cfg = model.cfg
@@ -38,7 +53,8 @@ class STDumpModel(DumpModel):
             raise ValueError(f"n_q must be between 1 and the model's {cfg.n_q} codebooks (0: all), got {n_q}")
         self.model = model.eval()
         self.fast = FastEncoder(self.model)
-        self.fast_cpu = self.fast_cpu_by_default
+        self.exact = FastEncoder(self.model, exact=True)
+        self.kernels = "reference"
         self.n_q = n_q or cfg.n_q
         self.dtype = dtype
         self.sample_rate = cfg.sample_rate
@@ -47,15 +63,28 @@ class STDumpModel(DumpModel):
         self.model.to(device)
         return self
 
+    @property
+    def fast_cpu(self) -> bool:
+        return self.kernels == "fast"
+
     def set_fast_cpu(self, enabled: bool) -> None:
-        self.fast_cpu = bool(enabled)
+        self.kernels = "fast" if enabled else "reference"
+
+    def set_cpu_kernels(self, kernels: str) -> None:
+        """``--cpu_kernels``: auto (the faster exact path here, :func:`auto_kernels`), fast or reference; also
+        ``exact`` (the fast path's exact mode)."""
+        if kernels not in ("auto", "fast", "reference", "exact"):
+            raise ValueError(f"cpu kernels {kernels!r}: choose auto, fast, reference or exact")
+        self.kernels = auto_kernels() if kernels == "auto" else kernels
 
     @torch.inference_mode()
     def encode(self, padded: torch.Tensor, lengths: torch.Tensor) -> List[np.ndarray]:
         precision = (torch.autocast(padded.device.type, dtype=self.dtype) if self.dtype != torch.float32
                      else contextlib.nullcontext())
-        if self.fast_cpu and padded.device.type == "cpu" and self.dtype == padded.dtype == torch.float32:
-            codes = self.fast.encode(padded[:, None, :], lengths, n_q=self.n_q)
+        fp32_cpu = padded.device.type == "cpu" and self.dtype == padded.dtype == torch.float32
+        if self.kernels != "reference" and fp32_cpu:
+            fast = self.fast if self.kernels == "fast" else self.exact
+            codes = fast.encode(padded[:, None, :], lengths, n_q=self.n_q)
         else:
             with precision:
                 codes = self.model.encode(padded[:, None, :], lengths, n_q=self.n_q)
