@@ -69,3 +69,20 @@ def lloyd_reference(x: np.ndarray, init: np.ndarray, iters: int) -> Tuple[np.nda
 def inertia64(x: np.ndarray, c: np.ndarray) -> float:
     _, d = brute_force_labels(x, c)
     return float(d[:, 0].mean())
+
+
+def write_large_feats(root: str, n: int, dim: int, k: int, seed: int = 0, utt_frames: int = 2000,
+                      spread: float = 4.0) -> Tuple[str, np.ndarray]:
+    """A float32 feature ark/scp of ``n`` frames around ``k`` centres, written utterance by utterance (the test
+    process never holds more than one utterance); returns (scp, centres)."""
+    rng = np.random.default_rng(seed)
+    centres = (spread * rng.standard_normal((k, dim))).astype(np.float32)
+    os.makedirs(root, exist_ok=True)
+    scp = os.path.join(root, "feats.scp")
+    with kaldiio.WriteHelper(f"ark,scp:{os.path.join(root, 'feats.ark')},{scp}") as w:
+        for i, s in enumerate(range(0, n, utt_frames)):
+            t = min(utt_frames, n - s)
+            x = rng.standard_normal((t, dim), dtype=np.float32)
+            x += centres[rng.integers(0, k, t)]
+            w(f"utt{i:06d}", x)
+    return scp, centres
