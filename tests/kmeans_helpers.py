@@ -86,3 +86,23 @@ def write_large_feats(root: str, n: int, dim: int, k: int, seed: int = 0, utt_fr
             x += centres[rng.integers(0, k, t)]
             w(f"utt{i:06d}", x)
     return scp, centres
+
+
+# A child's peak RSS (ru_maxrss from wait4) includes what its parent held when it was forked (the kernel counts
+# the parent's pages until exec), so a large test process would inflate it: a small launcher starts the command
+# and reports the command's own peak.
+_LAUNCHER = ("import os, subprocess, sys\n"
+             "p = subprocess.Popen(sys.argv[2:])\n"
+             "_, status, usage = os.wait4(p.pid, 0)\n"
+             "open(sys.argv[1], 'w').write(str(usage.ru_maxrss * 1024))\n"
+             "sys.exit(os.waitstatus_to_exitcode(status))\n")
+
+
+def run_with_peak_rss(cmd, report: str, **kw):
+    """Run ``cmd`` (subprocess.run keywords in ``kw``); returns (CompletedProcess, its peak RSS in bytes)."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", _LAUNCHER, report, *cmd], **kw)
+    with open(report) as f:
+        return r, int(f.read())

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import subprocess
 
 import numpy as np
 import pytest
@@ -16,9 +15,10 @@ from stok.bin import kmeans as cli
 from stok.models.kmeans import KMeansModel, fit_kmeans
 from stok.models.kmeans.assign import inertia
 from stok.models.kmeans.sample import fill_sample, plan_sample, read_feats_scp, sample_frames
-from stok.models.kmeans.sample_file import DiskFrames, FileSink, made_by
+from stok.models.kmeans.sample_file import FileSink, made_by
 from tests.conftest import PYTHON, REPO
-from tests.kmeans_helpers import brute_force_labels, clustered, clustered_scp, split_utts, write_feats, write_large_feats
+from tests.kmeans_helpers import (brute_force_labels, clustered, clustered_scp, run_with_peak_rss, split_utts,
+                                 write_feats, write_large_feats)
 
 
 def disk_sample(scp, directory, dtype="float32", **kw):
@@ -149,21 +149,17 @@ def test_learn_memory_and_disk_errors(tmp_path, monkeypatch):
 
 
 def test_learn_stays_within_its_memory_budget_on_a_larger_sample(tmp_path):
-    """HuBERT-base width: a 2.3 GiB float32 sample learned by a child given 0.8 GiB in all (its peak RSS, from
-    the kernel's accounting of that child, counts mapped file pages and the libraries too)."""
+    """HuBERT-base width: a 2.3 GiB float32 sample learned by a child given 0.8 GiB in all (its peak RSS from the
+    kernel's accounting of that process, mapped file pages and libraries included)."""
     n, dim, budget_gib = 800_000, 768, 0.8
     scp, centres = write_large_feats(str(tmp_path / "feats"), n, dim, 8, utt_frames=4000)
     assert n * dim * 4 > 2.8 * budget_gib * 2 ** 30
     out = str(tmp_path / "km8.npz")
-    with open(tmp_path / "stdout", "wb") as so, open(tmp_path / "stderr", "wb") as se:
-        child = subprocess.Popen([PYTHON, "-m", "stok.bin.kmeans", "learn", "--feats_scp", scp, "--n_clusters", "8",
-                                  "--output", out, "--memory_gb", str(budget_gib)], cwd=REPO,
-                                 env={**os.environ, "PYTHONPATH": REPO}, stdout=so, stderr=se)
-        _, status, usage = os.wait4(child.pid, 0)  # this child's own peak resident size
-    child.returncode = os.waitstatus_to_exitcode(status)
-    assert child.returncode == 0, (tmp_path / "stderr").read_text()[-2000:]
-    assert "sample disk float16" in (tmp_path / "stdout").read_text()
-    peak = usage.ru_maxrss * 1024
+    r, peak = run_with_peak_rss([PYTHON, "-m", "stok.bin.kmeans", "learn", "--feats_scp", scp, "--n_clusters", "8",
+                                 "--output", out, "--memory_gb", str(budget_gib)], str(tmp_path / "peak"), cwd=REPO,
+                                env={**os.environ, "PYTHONPATH": REPO}, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "sample disk float16" in r.stdout
     assert 0 < peak <= budget_gib * 2 ** 30, f"peak RSS {peak / 2 ** 30:.2f} GiB over the {budget_gib} GiB budget"
     km = KMeansModel.load(out)
     assert km.meta["sample"]["storage"] == "disk float16" and km.meta["sample"]["sampled_frames"] == n

@@ -24,9 +24,9 @@ MFCC_CLUSTERS, HUBERT_CLUSTERS = 100, 500
 
 
 def learn_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="stok-kmeans learn", description="Fit k-means on a sample of teacher frames.")
     from stok.bin.kmeans import add_feats_args
 
+    p = argparse.ArgumentParser(prog="stok-kmeans learn", description="Fit k-means on a sample of teacher frames.")
     add_feats_args(p)
     p.add_argument("--output", required=True, help="model file to write (.npz: centroids + metadata, no pickle)")
     p.add_argument("--n_clusters", type=int, default=0,
@@ -58,8 +58,9 @@ def learn_parser() -> argparse.ArgumentParser:
                    help="precision of the on-disk sample: float16 (default) halves its disk and reads; "
                         "float32 gives exactly the centroids of the in-memory fit")
     m.add_argument("--keep_sample", action="store_true",
-                   help="keep the on-disk sample once the model is written (default: it is removed then; a run "
-                        "that fails or is killed before keeps it for the rerun). Implies an on-disk sample")
+                   help="keep the on-disk sample once the model is written, for later runs (default: it is removed "
+                        "then; a finished sample survives a fit that fails or is killed, for the rerun). Implies "
+                        "an on-disk sample")
     g = p.add_argument_group("k-means")
     g.add_argument("--seed_frames", type=int, default=0,
                    help="frames the greedy k-means++ seeding runs on (0: max(30000, 40 x n_clusters))")

@@ -19,6 +19,8 @@ import torch
 
 PRUNE_MIN_WORK = 16384  # k x D below which Lloyd passes do not use the bounds
 FLUSH_FRAMES = 1 << 18  # float32 partial sums over at most this many frames, then into the float64 sums
+PLAIN_ABOVE = 0.6  # a bounded pass where more frames than this share may move runs as a plain pass
+MOVERS = 8  # centroids with the largest drifts, bounded one by one in a bounded pass
 
 
 def fit_chunk_rows(k: int, dim: int, device: torch.device) -> int:
@@ -79,8 +81,9 @@ class Lloyd:
 
     With ``prune`` (Hamerly's bounds), a pass after the first one recomputes only the frames whose assignment
     may have changed: each frame keeps an upper bound on the distance to its centroid and a lower bound on the
-    distance to every other one; the bounds move by how far the centroids moved, and a frame whose upper bound
-    stays under its lower bound keeps its label without any distance computation. A block none of whose frames
+    distance to every other one; the bounds move by how far the centroids moved (the few centroids that moved
+    most are bounded one by one, through their distance to the frame's own centroid), and a frame whose upper
+    bound stays under its lower bound keeps its label without any distance computation. A block none of whose frames
     may move is not even read. Sums and counts are then updated by the frames that changed cluster only, and
     the inertia of the assignment comes from the sums: ``sum |x|^2 - 2 sum_j c_j . S_j + sum_j n_j |c_j|^2``.
     Same result as plain Lloyd up to float32 near-ties.
@@ -177,23 +180,33 @@ class Lloyd:
     def _pruned(self, C: torch.Tensor, C_prev: torch.Tensor):
         dev = self.device
         drift = (C - C_prev).norm(dim=1)
-        # the lower bound covers every other centroid: it moves by the largest drift among those
-        top = torch.topk(drift, min(2, len(drift))).values
-        worst = int(drift.argmax())
+        # The lower bound covers every other centroid. Hamerly moves it down by the largest drift among them; one
+        # centroid jumping far would then send every frame to a recomputation. The MOVERS largest drifts are
+        # bounded one by one instead, each by the better of two bounds on |x - c_j|: the old bound minus c_j's
+        # drift, and |c_a - c_j| - ub (triangle inequality through the frame's own centroid c_a), so only frames
+        # near a jumping centroid are recomputed; the rest move down by the largest remaining drift.
+        t = min(MOVERS, self.k - 1)
+        order = torch.topk(drift, min(t + 1, len(drift))).indices
+        movers = order[:t]
+        rest = drift[order[t]] if len(order) > t else drift.new_zeros(())
+        cc_movers = torch.cdist(C, C[movers], compute_mode="donot_use_mm_for_euclid_dist") if t else None  # [k, t]
         need_blocks, need_total = [], 0
         for b in range(self.n_blocks):  # move the bounds, count the frames that may change cluster
             s, e = b * self.block, min(self.n, (b + 1) * self.block)
             lab = self.lab[s:e].long()
             self.ub[s:e] += drift[lab]
-            if len(top) == 2:
-                self.lb[s:e] -= torch.where(lab == worst, top[1], top[0])
-            else:
-                self.lb[s:e] -= top[0]
+            lb = self.lb[s:e] - rest
+            if t:
+                per = torch.maximum(self.lb[s:e, None] - drift[movers][None],
+                                    cc_movers[lab] - self.ub[s:e, None])
+                per.masked_fill_(lab[:, None] == movers[None], float("inf"))  # its own centroid is no rival
+                lb = torch.minimum(lb, per.min(1).values)
+            self.lb[s:e] = lb
             m = int(self._need(s, e).sum())
             if m:
                 need_blocks.append(b)
                 need_total += m
-        if need_total > 0.6 * self.n:  # most frames may move: a plain pass (no gathers) is cheaper, resets bounds
+        if need_total > PLAIN_ABOVE * self.n:  # most frames may move: a plain pass (no gathers) is cheaper
             return None
         cc = (C * C).sum(1)
         sums, counts = self.sums, self.counts

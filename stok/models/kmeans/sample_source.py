@@ -85,6 +85,9 @@ def get_sample(req: SampleRequest) -> SampleResult:
     if plan.where == "memory":
         log.info("sample of %d frames x %d dims (%s of float32) kept in memory (%s%s)", plan_s.n, plan_s.dim,
                  gb(fp32), "--sample_in memory; " if req.where == "memory" else "", plan.describe())
+        if plan.in_memory > plan.budget:
+            log.warning("--sample_in memory: the estimated peak %s exceeds the memory budget %s (--memory_gb)",
+                        gb(plan.in_memory), gb(plan.budget))
         check_memory(fp32, plan_s.n, plan_s.dim)
         sample = fill_sample(plan_s, ArraySink(plan_s.n, plan_s.dim))
         return SampleResult(sample, k, plan, "memory", False, None)
