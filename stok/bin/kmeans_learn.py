@@ -15,8 +15,11 @@ import time
 
 import torch
 
-from stok.cli import UserError, check_output_dir
-from stok.fileio import atomic_open
+from stok.bin.kmeans_dump import add_feats_args
+from stok.core.distributed import resolve_device
+from stok.core.errors import UserError
+from stok.core.failed import write_failed
+from stok.core.fileio import check_output_dir
 
 log = logging.getLogger("stok.kmeans")
 
@@ -24,8 +27,6 @@ MFCC_CLUSTERS, HUBERT_CLUSTERS = 100, 500
 
 
 def learn_parser() -> argparse.ArgumentParser:
-    from stok.bin.kmeans import add_feats_args
-
     p = argparse.ArgumentParser(prog="stok-kmeans learn", description="Fit k-means on a sample of teacher frames.")
     add_feats_args(p)
     p.add_argument("--output", required=True, help="model file to write (.npz: centroids + metadata, no pickle)")
@@ -170,7 +171,6 @@ def _sample_dir(args) -> str:
 
 
 def learn(argv) -> dict:
-    from stok.bin.kmeans import _resolve_device
     from stok.models.kmeans.fit import default_seed_frames, default_warmup_frames, fit_kmeans
     from stok.models.kmeans.memory import GiB, BudgetError, default_budget, gb, peak_rss, rss
     from stok.models.kmeans.model import KMeansModel
@@ -180,7 +180,7 @@ def learn(argv) -> dict:
 
     args = learn_parser().parse_args(argv)
     _check_learn_args(args)
-    device = _resolve_device(args.device)
+    device = str(resolve_device(args.device))
     try:
         scp = resolve_feats_scp(args.feats_scp, args.feats_dir)
         entries = read_feats_scp(scp)  # a missing, empty or malformed list fails here, before any work
@@ -224,10 +224,7 @@ def learn(argv) -> dict:
              sample.sampled_utterances, sample.total_utterances, t_sample)
     failed_path = os.path.splitext(args.output)[0] + ".failed.list"
     if sample.failures:
-        os.makedirs(os.path.dirname(os.path.abspath(failed_path)), exist_ok=True)
-        with atomic_open(failed_path, "w") as f:
-            for key, reason in sample.failures.items():
-                f.write(f"{key}\t{reason}\n")
+        write_failed(failed_path, sample.failures)
         log.warning("%d feature entries failed: see %s", len(sample.failures), failed_path)
         if args.strict:
             raise UserError(f"{len(sample.failures)} feature entries failed (--strict); see {failed_path}")

@@ -29,7 +29,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from stok.fileio import atomic_open, fsync_dir
+from stok.core.fileio import atomic_open, fsync_dir
 from stok.models.kmeans.sample import _OFFSET, FeatsError
 
 log = logging.getLogger("stok.kmeans")
