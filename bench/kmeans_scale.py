@@ -62,27 +62,44 @@ def write_npy(path: str, n: int, dim: int, seed: int, dtypes=("<f4",)) -> float:
     return time.perf_counter() - t
 
 
-def write_scp(root: str, n: int, dim: int, seed: int, utt_frames: int = 615) -> float:
+def write_scp(root: str, n: int, dim: int, seed: int, utt_frames: int = 615, distinct: int = 0) -> float:
     """A Kaldi feature ark/scp of the same frames as ``write_npy`` (utterances of ``utt_frames``, LibriSpeech's
     mean 12.3 s at 50 Hz), stored as stage 1's ``--feature_storage compressed16`` does (two-byte compressed
-    matrices, ``CM2``); returns seconds."""
+    matrices, ``CM2``); returns seconds. ``distinct`` > 0: only the utterances holding the first ``distinct``
+    frames are stored, and the scp's later utterances point at those records again in turn (a corpus-sized scp,
+    e.g. LibriSpeech's 173 M HuBERT frames, over an ark that fits the disk; every key is its own utterance)."""
     import kaldiio
 
     t = time.perf_counter()
     os.makedirs(root, exist_ok=True)
     lat, rest = latent(dim, seed), np.zeros((0, dim), np.float32)
+    stored = min(n, distinct) if distinct else n
+    scp = os.path.join(root, "feats.scp")
     utt = 0
-    with kaldiio.WriteHelper(f"ark,scp:{os.path.join(root, 'feats.ark')},{os.path.join(root, 'feats.scp')}",
-                             compression_method=3) as w:
-        for b in range(-(-n // BLOCK)):
-            x = np.concatenate([rest, block_frames(lat, b, min(BLOCK, n - b * BLOCK), seed)])
-            full = len(x) // utt_frames * utt_frames if b < -(-n // BLOCK) - 1 else len(x)
+    with kaldiio.WriteHelper(f"ark,scp:{os.path.join(root, 'feats.ark')},{scp}", compression_method=3) as w:
+        for b in range(-(-stored // BLOCK)):
+            x = np.concatenate([rest, block_frames(lat, b, min(BLOCK, stored - b * BLOCK), seed)])
+            full = len(x) // utt_frames * utt_frames if b < -(-stored // BLOCK) - 1 else len(x)
             for s in range(0, full, utt_frames):
                 w(f"utt{utt:07d}", x[s:s + utt_frames])
                 utt += 1
             rest = x[full:]
             if b % 32 == 0:
                 print(f"  {b * BLOCK + len(x) - len(rest)} frames written", flush=True)
+    if stored < n:  # later utterances reuse the stored records (the last, shorter one only at the very end)
+        with open(scp) as f:
+            specs = [line.split(None, 1)[1].strip() for line in f]
+        whole = specs[:-1] if stored % utt_frames else specs
+        frames, more = stored, 0
+        with open(scp + ".tmp", "w") as f:
+            for i, spec in enumerate(specs):
+                f.write(f"utt{i:09d} {spec}\n")
+            i = len(specs)
+            while frames + utt_frames <= n:
+                f.write(f"utt{i:09d} {whole[more % len(whole)]}\n")
+                frames, more, i = frames + utt_frames, more + 1, i + 1
+        os.replace(scp + ".tmp", scp)
+        print(f"  {i} utterances, {frames} frames in the scp ({stored} stored)", flush=True)
     return time.perf_counter() - t
 
 
@@ -160,11 +177,14 @@ def scale_main() -> None:
     p.add_argument("--keep", action="store_true", help="keep the data files in --workdir")
     p.add_argument("--json_out")
     p.add_argument("--write_scp", help="only write a synthetic feature scp of --scale_n frames (CM2) into this dir")
+    p.add_argument("--distinct_frames", type=int, default=0,
+                   help="with --write_scp: store only this many frames, later utterances reuse their records "
+                        "(0: all distinct)")
     args = p.parse_args()
     if args.child:
         return child(json.loads(args.child))
     if args.write_scp:
-        dt = write_scp(args.write_scp, args.scale_n, args.dim, args.seed)
+        dt = write_scp(args.write_scp, args.scale_n, args.dim, args.seed, distinct=args.distinct_frames)
         return print(f"{args.scale_n} x {args.dim} frames -> {args.write_scp}/feats.scp in {dt:.0f} s")
     from bench.kmeans import cpu_isa
 

@@ -164,3 +164,46 @@ def test_learn_stays_within_its_memory_budget_on_a_larger_sample(tmp_path):
     km = KMeansModel.load(out)
     assert km.meta["sample"]["storage"] == "disk float16" and km.meta["sample"]["sampled_frames"] == n
     assert brute_force_labels(km.centroids, centres)[1][:, 0].max() < 0.05 * dim  # each centre found
+
+
+def reference_sample(scp, percent, max_frames, seed, by):
+    """The sampler as it was before on-disk samples (one preallocated array, same draws): every matrix loaded with
+    kaldiio in scp order, per-utterance counts from one multivariate hypergeometric draw (or whole utterances in
+    a random order), then sorted row choices per utterance from the same generator."""
+    import kaldiio
+
+    mats = [np.asarray(m) for _, m in kaldiio.load_scp_sequential(scp)]
+    rows = np.array([len(m) for m in mats], dtype=np.int64)
+    n = int(np.ceil(percent * rows.sum()))
+    n = min(n, max_frames) if max_frames else n
+    rng = np.random.default_rng(seed)
+    if n == rows.sum():
+        counts = rows.copy()
+    elif by == "frame":
+        counts = rng.multivariate_hypergeometric(rows, n, method="marginals")
+    else:
+        counts, need = np.zeros_like(rows), n
+        for i in rng.permutation(len(rows)):
+            if need <= 0:
+                break
+            counts[i] = min(rows[i], need)
+            need -= counts[i]
+    parts = [m if c == len(m) else m[np.sort(rng.choice(len(m), size=int(c), replace=False))]
+             for m, c in zip(mats, counts) if c]
+    return np.concatenate(parts)
+
+
+@pytest.mark.parametrize("by,percent,max_frames,seed", [("frame", 0.1, 0, 0), ("frame", 0.37, 0, 5),
+                                                        ("utterance", 0.3, 0, 2), ("frame", 1.0, 4000, 11)])
+def test_learn_samples_the_same_frames_as_before(tmp_path, by, percent, max_frames, seed):
+    """Same seed, same frames: the in-memory sample and the on-disk one that `learn` keeps hold the rows the
+    sampler drew before samples could live on disk (checked once against main's sample_frames as well)."""
+    x, _, _ = clustered(12000, 16, 12, seed=7)
+    scp = write_feats(str(tmp_path / "feats"), split_utts(x, seed=3, lo=50, hi=400))
+    ref = reference_sample(scp, percent, max_frames, seed, by)
+    np.testing.assert_array_equal(sample_frames(scp, percent, max_frames, seed, by).frames, ref)
+    out = str(tmp_path / "km.npz")
+    opts = ["--n_clusters", "4", "--percent", str(percent), "--max_frames", str(max_frames), "--seed", str(seed),
+            "--sample_by", by, "--keep_sample", "--sample_dtype", "float32"]
+    assert learn(scp, out, *opts)["sample_storage"] == "disk float32"
+    np.testing.assert_array_equal(np.load(str(tmp_path / "km.sample" / "frames.npy")), ref)
