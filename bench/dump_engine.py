@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from stok.bin import dump_energy  # noqa: E402
-from stok.dump.energy_model import EnergyTokens  # noqa: E402
+from stok.models.energy import EnergyTokens  # noqa: E402
 
 
 def make_set(root: str, n: int, seed: int = 0) -> str:

@@ -50,10 +50,11 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.roofline import fraction, gemm_peak, print_peak  # noqa: E402
-from stok.bin.dump_s3 import NAME, get_parser, resolve_defaults  # noqa: E402
+from stok.bin.dump_s3 import NAME, get_parser  # noqa: E402
 from stok.data.audio import load_audio  # noqa: E402
 from stok.dump.engine import run_dump  # noqa: E402
-from stok.dump.storage import load_codes  # noqa: E402
+from stok.dump.settings import DumpSettings  # noqa: E402
+from stok.core.storage import load_codes  # noqa: E402
 from stok.models.s3.checkpoint import save_checkpoint  # noqa: E402
 from stok.models.s3.config import full_config  # noqa: E402
 from stok.models.s3.dump_model import S3DumpModel  # noqa: E402
@@ -111,11 +112,11 @@ def fixed_batches(model, keys, paths, size=32):
 
 
 def engine(model, data_dir, out_dir, workers, extra):
-    args = resolve_defaults(get_parser().parse_args(
+    args = get_parser().parse_args(
         ["--model", "unused", "--data_dir", data_dir, "--output_dir", out_dir, "--num_workers", str(workers),
-         "--device", str(model.device), "--overwrite", *extra]))
-    model.window_batch = args.window_batch
-    run_dump(args, lambda device: S3DumpModel(model), name=NAME)
+         "--device", str(model.device), "--overwrite", *extra])
+    model.window_batch = args.window_batch or (8 if model.device.type == "cuda" else 2)
+    run_dump(DumpSettings.from_args(args), lambda device: S3DumpModel(model), name=NAME)
     return {k: v for k, v in load_codes(os.path.join(out_dir, f"{NAME}.scp"))}
 
 

@@ -8,7 +8,7 @@ noise) so that codes are spread. The data: ``--n_utts`` utterances of random aud
 
   (a) ``model.encode`` on each utterance alone, in the shuffled order: the reference codes;
   (b) what ``stok-dump-codes --cpu_kernels fast`` runs: the dump engine's length-sorted batches
-      (``stok.dump.bucketing``, at most ``--batch_seconds`` of padded audio and ``--batch_size`` utterances)
+      (``stok.core.bucketing``, at most ``--batch_seconds`` of padded audio and ``--batch_size`` utterances)
       through ``STDumpModel``: on CPU in fp32 the fast path (:mod:`stok.models.speechtokenizer.fast_encode`),
       elsewhere ``model.encode`` on the padded batch. Its codes are compared with (a): codes that differ,
       frames where they differ, and for each such frame the decision margin of the first layer that differs
@@ -48,7 +48,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from stok.bin.dump_codes import CPU_BATCH_SECONDS  # noqa: E402
-from stok.dump.bucketing import make_batches  # noqa: E402
+from stok.core.bucketing import make_batches  # noqa: E402
 from stok.models.speechtokenizer import SpeechTokenizer, SpeechTokenizerConfig  # noqa: E402
 from stok.models.speechtokenizer.dump_model import STDumpModel  # noqa: E402
 from tests.st_helpers import flip_margins as st_flip_margins  # noqa: E402
@@ -179,7 +179,7 @@ def write_utterances(root: str, wavs: List[torch.Tensor]) -> str:
 
 def timed_dump(launcher: List[str], model_dir: str, data: str, out: str) -> tuple:
     """Wall seconds of one ``stok-dump-codes`` run, and its codes ``[n_q, frames]`` by utterance index."""
-    from stok.dump.storage import load_codes
+    from stok.core.storage import load_codes
 
     cmd = launcher + ["--model_dir", model_dir, "--data_dir", data, "--output_dir", out, "--device", "cpu",
                       "--num_workers", "0", "--cpu_kernels", "fast"]

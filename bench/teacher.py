@@ -49,8 +49,9 @@ import torchaudio
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.roofline import fraction, gemm_peak, print_peak  # noqa: E402
 from stok.bin.dump_features import CPU_BATCH_SECONDS, NAME, get_parser  # noqa: E402
-from stok.dump.bucketing import make_batches  # noqa: E402
+from stok.core.bucketing import make_batches  # noqa: E402
 from stok.dump.engine import run_dump  # noqa: E402
+from stok.dump.settings import DumpSettings  # noqa: E402
 from stok.models.hubert import load_hubert  # noqa: E402
 from stok.models.hubert.configs import get_config  # noqa: E402
 from stok.models.hubert.extract import HubertExtractor, conv_frames  # noqa: E402
@@ -104,7 +105,7 @@ def engine(teacher, data_dir: str, out_dir: str, layer: str, workers: int, extra
     args = get_parser().parse_args(["--teacher", "hubert", "--checkpoint", "unused", "--layer", layer,
                                     "--data_dir", data_dir, "--output_dir", out_dir, "--device", "cpu",
                                     "--num_workers", str(workers), "--overwrite", *extra])
-    run_dump(args, lambda device: teacher, name=NAME)
+    run_dump(DumpSettings.from_args(args), lambda device: teacher, name=NAME)
     return dict(kaldiio.load_scp(os.path.join(out_dir, f"{NAME}.scp")))
 
 

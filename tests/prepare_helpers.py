@@ -17,6 +17,17 @@ def keys(path: str):
         return [line.split(maxsplit=1)[0] for line in f if line.strip()]
 
 
+def chapter_dirs(root, layout):
+    """LibriSpeech-style ``{split: {speaker: {chapter: utts}}}`` -> ``(split, speaker, chapter, dir, utts)``,
+    each ``root/split/speaker/chapter`` dir made."""
+    for split, spks in layout.items():
+        for spk, chapters in spks.items():
+            for chapter, utts in chapters.items():
+                d = os.path.join(root, split, spk, chapter)
+                os.makedirs(d)
+                yield split, spk, chapter, d, utts
+
+
 def check_kaldi_dir(d: str, *, segments: bool, text: bool, n_utts: Optional[int] = None,
                     durations: Optional[Dict[str, float]] = None, tol: float = 2e-3):
     """Files present (and only the right optional ones), C-locale sorted, consistent; returns the KaldiDir."""

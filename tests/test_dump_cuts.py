@@ -3,33 +3,36 @@
 One small corpus goes through stage 0 (``stok-prepare folder`` with segments, text and speakers), then every
 kind of dump: MFCC features, k-means labels (from the features and from audio), S3 tokens (a small demo
 model), SpeechTokenizer codes (a small model in the released layout). The released code ranges go through
-the engine itself with a model that writes chosen values.
+the engine itself with a model that writes chosen values. Every cut set is also read in a Python that has
+lhotse and no stok (``tests/plain_lhotse_reader.py``), and compared with the arks read by kaldiio.
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
 import re
 
+import kaldi_native_io
 import kaldiio
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
 from lhotse import CutSet
-from lhotse.array import TemporalArray
+from lhotse.array import Array
 
-import stok.dump.lhotse_storage  # noqa: F401 - registers the reader of stok's ark records
 from stok.bin import dump_codes, dump_features, dump_s3, export_shar, kmeans, make_demo_s3, prepare
 from stok.data.audio import read_raw, to_mono
 from stok.dump.engine import run_dump
-from stok.dump.model_api import DumpModel
-from stok.dump.options import add_dump_args
-from stok.dump.storage import load_codes
+from stok.core.model_api import DumpModel
+from stok.dump.settings import DumpSettings, add_dump_arguments
+from stok.core.storage import load_codes
 from stok.models.speechtokenizer import SpeechTokenizer, SpeechTokenizerConfig, save_released
 from tests.conftest import REPO, speechlike
+from tests.plain_lhotse_reader import read_without_stok
 
 # utt: (recording, start, end, text, speaker); recB is stereo at 8 kHz, recC a 'cat ... |' pipe,
 # recD's file is broken after stage 0, so its utterance fails in every dump and has no cut
@@ -106,13 +109,47 @@ def stored(out_dir: str, name: str) -> dict:
     return dict(load_codes(scp))
 
 
-KINDS = [  # dump, field, dtype, frame shift, frames of one row
+def assert_plain_lhotse_reads(tmp_path, out_dirs_fields, exact=True) -> None:
+    """Every cut of each (dump dir, field) read without stok: the field is the ark's record as kaldiio reads it
+    (``exact``; else as Kaldi decodes it, see test_compressed_features...), dtype and every frame; the cut
+    itself is the one lhotse reads here."""
+    paths = [os.path.join(d, "cuts.jsonl.gz") for d, _ in out_dirs_fields]
+    arrays, cuts = read_without_stok(tmp_path, paths)
+    for i, (out_dir, field) in enumerate(out_dirs_fields):
+        ref = {k: np.asarray(v) for k, v in kaldiio.load_scp(os.path.join(out_dir, f"{field}.scp")).items()}
+        here = CutSet.from_file(paths[i])
+        assert sorted(k for k in cuts if k.startswith(f"{i}/")) == sorted(f"{i}/{k}" for k in ref)
+        for cut in here:
+            x = arrays[f"{i}/{cut.id}/{field}"]
+            assert set(k for k in arrays if k.startswith(f"{i}/{cut.id}/")) == {f"{i}/{cut.id}/{field}"}
+            if exact:
+                assert x.dtype == ref[cut.id].dtype and np.array_equal(x, ref[cut.id]), (out_dir, cut.id)
+            else:
+                kaldi = kaldi_native_io.FloatMatrix.read(cut.custom[field].storage_path).numpy()
+                assert x.dtype == np.float32 and np.array_equal(x, kaldi), (out_dir, cut.id)
+            assert cuts[f"{i}/{cut.id}"] == cut.to_dict()
+
+
+KINDS = [  # dump, field, dtype, frame shift, frames of one row (codes: exact integers in float32 matrices)
     ("feats", "feats", np.float32, 0.02, (39,)),
     ("km_labels", "km_labels", np.int32, 0.02, ()),
     ("km_labels_audio", "km_labels", np.int32, 0.02, ()),
     ("s3_tokens", "s3_tokens", np.int32, 0.04, ()),
-    ("st_codes", "st_codes", np.int32, 0.02, (3,)),
+    ("st_codes", "st_codes", np.float32, 0.02, (3,)),
 ]
+MATRICES = ("feats", "st_codes")  # in the ark itself (lhotse's kaldiio type); int32 vectors in <name>.h5
+
+
+def check_storage(value, out_dir: str, field: str, key: str) -> None:
+    """The field is in lhotse's own storage: the ark record of the scp (matrices) or the dump's h5 copy."""
+    assert isinstance(value, Array)
+    if field in MATRICES:
+        scp = dict(line.split() for line in open(os.path.join(out_dir, f"{field}.scp")))
+        assert (value.storage_type, value.storage_path) == ("kaldiio", scp[key])  # the dump's ark, not a copy
+        assert scp[key].startswith(os.path.join(out_dir, f"{field}.0.ark:"))
+    else:
+        assert (value.storage_type, value.storage_path, value.storage_key) == (
+            "numpy_hdf5", os.path.join(out_dir, f"{field}.h5"), key)
 
 
 @pytest.mark.parametrize("dump, field, dtype, shift, row", KINDS, ids=[k[0] for k in KINDS])
@@ -129,28 +166,31 @@ def test_cut_set_round_trip_for_every_kind_of_dump(corpus, dumps, dump, field, d
     manifest = os.path.join(corpus["root"], "data", "manifests", "folder_cuts_train.jsonl.gz")
     assert set(on_disk["cuts"]["sources"]) == {manifest if dump != "km_labels" else
                                                os.path.join(dumps["feats"][0], "cuts.jsonl.gz")}
-    snapped = 0
+    beyond_rounding = 0
     for cut in cuts:
         rec, start, end, text, speaker = SEGMENTS[cut.id]
-        value = cut.custom[field]
-        assert isinstance(value, TemporalArray) and value.frame_shift == pytest.approx(shift)
-        assert value.array.storage_path == os.path.join(out_dir, f"{field}.0.ark")  # the dump's ark, not a copy
+        check_storage(cut.custom[field], out_dir, field, cut.id)
+        assert cut.custom[f"{field}_frame_shift"] == pytest.approx(shift)
         x = getattr(cut, f"load_{field}")()
         assert x.dtype == dtype and x.shape[1:] == row and np.array_equal(x, ref[cut.id]), cut.id
         assert abs(len(x) * shift - cut.duration) < shift  # frames x frame shift covers the cut within one frame
-        snapped += ":" in value.array.storage_key
+        beyond_rounding += len(x) > round(cut.duration / shift)
         # the cut is the segment the dump read, with its recording and supervision from stage 0
         assert (cut.recording_id, cut.start, cut.end) == (rec, pytest.approx(start), pytest.approx(end))
         assert [(s.text, s.speaker) for s in cut.supervisions] == [(text, speaker)]
         wave, rate = read_raw(corpus["specs"][rec], start, end)
         audio = cut.load_audio()
         assert audio.shape[-1] == len(wave) and np.allclose(audio.mean(0), to_mono(wave), atol=1e-6)
-    assert snapped > 0  # some cuts need every frame of a started hop (lhotse alone would drop it)
-    # partial reads of a cut stay lhotse's: frames round(offset / shift) .. + round(duration / shift)
-    cut = cuts[0]
-    part = cut.truncate(offset=0.2, duration=0.6)
-    first = round(0.2 / shift)
-    assert np.array_equal(getattr(part, f"load_{field}")(), ref[cut.id][first: first + round(0.6 / shift)])
+    assert beyond_rounding > 0  # some cuts have a frame for a started hop (a TemporalArray would drop it)
+    # stok writes its lines itself (no lhotse object per cut): they are exactly what lhotse writes for these cuts
+    lines = gzip.open(os.path.join(out_dir, "cuts.jsonl.gz"), "rt", encoding="utf-8").read().splitlines()
+    assert lines == [json.dumps(c.to_dict(), ensure_ascii=False) for c in cuts]
+
+
+def test_every_cut_set_reads_exactly_in_plain_lhotse_without_stok(dumps, tmp_path):
+    """lhotse alone (no stok on the path, no registered reader) reads every dump's cuts: each field exactly the
+    ark's record as kaldiio reads it, dtype and every frame (tokens and labels from the h5 copy)."""
+    assert_plain_lhotse_reads(tmp_path, [(dumps[dump][0], field) for dump, field, *_ in KINDS])
 
 
 def test_label_cuts_keep_the_cuts_of_the_feature_dump(dumps):
@@ -159,7 +199,8 @@ def test_label_cuts_keep_the_cuts_of_the_feature_dump(dumps):
     for f, k in zip(feats, labels):
         assert (f.id, f.start, f.duration, f.recording, f.supervisions) == (k.id, k.start, k.duration, k.recording,
                                                                              k.supervisions)
-        assert set(k.custom) == {"km_labels"} and len(k.load_km_labels()) == len(f.load_feats())
+        assert set(k.custom) == {"km_labels", "km_labels_frame_shift"}  # the features' fields are not kept
+        assert len(k.load_km_labels()) == len(f.load_feats())
 
 
 class ReleasedRange(DumpModel):
@@ -196,11 +237,11 @@ def test_released_code_ranges_through_the_engine_from_a_bare_wav_scp(tmp_path):
     sf.write(audio / "b.wav", speechlike(2.5, seed=6), 16000)
     (tmp_path / "wav.scp").write_text(f"a {audio / 'a.flac'}\nb cat {audio / 'b.wav'} |\n")
     parser = argparse.ArgumentParser()
-    add_dump_args(parser)
+    add_dump_arguments(parser)
     for name, codes in (("st_codes", True), ("s3_tokens", False)):
         out = str(tmp_path / name)
         args = parser.parse_args(["--wav_scp", str(tmp_path / "wav.scp"), "--output_dir", out, *DUMP_OPTS])
-        summary = run_dump(args, lambda device, codes=codes: ReleasedRange(codes), name=name)
+        summary = run_dump(DumpSettings.from_args(args), lambda device, codes=codes: ReleasedRange(codes), name=name)
         assert summary["cuts_written"] == 2
         assert summary["cuts"]["sources"] == {os.path.abspath(tmp_path / "wav.scp"): 2}  # no manifests: from wav.scp
         ref = stored(out, name)
@@ -208,10 +249,12 @@ def test_released_code_ranges_through_the_engine_from_a_bare_wav_scp(tmp_path):
         assert [c.recording.sources[0].type for c in cuts] == ["file", "command"]
         for cut in cuts:
             x = getattr(cut, f"load_{name}")()
-            assert x.dtype == np.int32 and np.array_equal(x, ref[cut.id])
+            assert x.dtype == (np.float32 if codes else np.int32) and np.array_equal(x, ref[cut.id])
             assert abs(len(x) * (0.02 if codes else 0.04) - cut.duration) < (0.02 if codes else 0.04)
             top = {1023, 640, 128, 384} if codes else {6560, 4095, 1023, 640, 128}
             assert top <= set(x.reshape(-1).tolist()) and x.max() == max(top)
+    assert_plain_lhotse_reads(tmp_path, [(str(tmp_path / "st_codes"), "st_codes"),
+                                         (str(tmp_path / "s3_tokens"), "s3_tokens")])
 
 
 def test_shar_export_round_trip(dumps, tmp_path):
@@ -291,7 +334,14 @@ def test_compressed_features_with_cuts_from_the_data_dir(corpus, tmp_path, caplo
     assert list(cuts.ids) == list(ref)
     for cut in cuts:
         x = cut.load_feats()
-        assert x.dtype == np.float32 and np.array_equal(x, ref[cut.id])
+        # the two-byte records as Kaldi decodes them (kaldi_native_io, lhotse's reader); kaldiio's own decoder
+        # orders the float32 operations differently: a few float32 ulps apart, far below the step (max-min)/65535
+        kaldi = kaldi_native_io.FloatMatrix.read(cut.custom["feats"].storage_path).numpy()
+        assert x.dtype == np.float32 and np.array_equal(x, kaldi)
+        step = (ref[cut.id].max() - ref[cut.id].min()) / 65535
+        assert x.shape == ref[cut.id].shape and np.abs(x - ref[cut.id]).max() <= min(step / 64, 4 * np.spacing(
+            np.abs(ref[cut.id]).max()))
         rec, start, end, text, speaker = SEGMENTS[cut.id]
         assert (cut.recording_id, cut.start, cut.end) == (rec, pytest.approx(start), pytest.approx(end))
         assert [(s.text, s.speaker) for s in cut.supervisions] == [(text, speaker)]
+    assert_plain_lhotse_reads(tmp_path, [(out, "feats")], exact=False)

@@ -14,8 +14,8 @@ import pytest
 import soundfile as sf
 
 from stok.bin import dump_energy
-from stok.dump.bucketing import make_batches, padding_stats, shard
-from stok.dump.storage import load_codes
+from stok.core.bucketing import make_batches, padding_stats, shard
+from stok.core.storage import load_codes
 from tests.conftest import PYTHON, REPO, speechlike, write_corpus
 
 

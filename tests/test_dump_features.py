@@ -13,11 +13,11 @@ import soundfile as sf
 import torch
 
 from stok.bin import dump_features
-from stok.models.frames import codec_frames
+from stok.core.frames import codec_frames
 from stok.models.hubert import load_hubert
 from stok.models.hubert.extract import HubertExtractor
 from stok.models.mfcc import mfcc_features
-from stok.models.frames import align_teacher
+from stok.core.frames import align_teacher
 from tests.conftest import PYTHON, REPO, write_corpus
 from tests.hubert_helpers import save_fairseq, tiny_model
 

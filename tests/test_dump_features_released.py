@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from stok.bin import dump_features
-from stok.models.frames import align_teacher, codec_frames
+from stok.core.frames import align_teacher, codec_frames
 from stok.models.hubert.configs import CONFIGS
 from tests import kaldi_cpp
 from tests.conftest import write_data_dir

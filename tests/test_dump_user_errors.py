@@ -22,8 +22,8 @@ import pytest
 import torch
 
 from stok.bin import dump_codes, dump_features, dump_s3, kmeans
-from stok.dump.fingerprint import file_sha256
-from stok.dump.storage import load_codes
+from stok.core.checksums import file_sha256
+from stok.core.storage import load_codes
 from stok.models.kmeans import KMeansModel
 from tests.conftest import PYTHON, REPO, write_corpus
 
@@ -424,7 +424,7 @@ def test_weights_checksum_is_cached_and_follows_changes(tmp_path, checksum_cache
     import hashlib
     import time
 
-    from stok.dump import fingerprint
+    from stok.core import checksums as fingerprint
 
     p = tmp_path / "w.bin"
     p.write_bytes(b"a" * 1000)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from stok.models.frames import align_teacher, codec_frames, crop_teacher, hubert_frames
+from stok.core.frames import align_teacher, codec_frames, crop_teacher, hubert_frames
 
 
 def test_codec_frames_is_ceil():

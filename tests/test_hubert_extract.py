@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stok.models.frames import hubert_frames
+from stok.core.frames import hubert_frames
 from stok.models.hubert.extract import HubertExtractor, chunk_bounds, conv_frames, parse_layer
 from tests.hubert_helpers import loaded, tiny_model
 

@@ -12,8 +12,8 @@ import torch
 from stok.bin import dump_features
 from stok.bin import kmeans as cli
 from stok.dump.engine import run_dump
-from stok.dump.model_api import DumpModel
-from stok.dump.options import add_dump_args
+from stok.core.model_api import DumpModel
+from stok.dump.settings import DumpSettings, add_dump_arguments
 from stok.models.kmeans import KMeansModel
 from stok.models.kmeans.labels_model import KMeansLabels
 from tests.conftest import write_corpus
@@ -76,13 +76,13 @@ def test_labels_model_equals_assigning_teacher_features(tmp_path, corpus):
     import argparse
 
     p = argparse.ArgumentParser()
-    add_dump_args(p)
+    add_dump_arguments(p)
     teacher = Fake()
     rng = np.random.default_rng(0)
     km = KMeansModel(np.abs(rng.standard_normal((6, 3))).astype(np.float32) * 0.05)
     args = p.parse_args(["--wav_scp", corpus, "--output_dir", str(tmp_path / "out"), "--num_workers", "0",
                          "--batch_seconds", "4"])
-    run_dump(args, lambda device: KMeansLabels(teacher, km, device), name="km_labels")
+    run_dump(DumpSettings.from_args(args), lambda device: KMeansLabels(teacher, km, device), name="km_labels")
     got = labels_of(str(tmp_path / "out" / "km_labels.scp"))
     import soundfile as sf
 

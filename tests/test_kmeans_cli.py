@@ -13,7 +13,8 @@ import pytest
 
 from stok.bin import kmeans as cli
 from stok.models.kmeans import KMeansModel
-from stok.models.kmeans.dump import iter_labels, usage_stats
+from stok.core.storage import load_codes
+from stok.models.kmeans.usage import usage_stats
 from stok.models.kmeans.sample import FeatsError, MatrixReader, read_feats_scp, sample_frames
 from tests.conftest import PYTHON, REPO
 from tests.kmeans_helpers import brute_force_labels, clustered, clustered_scp, split_utts, write_feats
@@ -158,7 +159,7 @@ def test_learn_and_dump_labels_text_and_usage(tmp_path, feats):
         assert json.load(f)["usage"]["counts"] == counts.tolist()
     assert open(os.path.join(out, "failed.list")).read() == ""
     first = sorted(mats)[0]
-    assert dict(iter_labels(os.path.join(out, "km_labels.scp")))[first].tolist() == labels[first].tolist()
+    assert dict(load_codes(os.path.join(out, "km_labels.scp")))[first].tolist() == labels[first].tolist()
 
 
 def test_usage_stats_values():

@@ -1,6 +1,6 @@
 """Stage 2 at a released size: ``stok-kmeans dump`` with a 1024-cluster model on 768-dim (HuBERT base
 width) features; every label 0..1023 is used, and every reader returns exactly the nearest centroid:
-kaldiio, Kaldi's C++ reader (``kaldi_native_io``), ``load_codes``, ``iter_labels`` and ``km_labels.txt``."""
+kaldiio, Kaldi's C++ reader (``kaldi_native_io``), ``load_codes`` and ``km_labels.txt``."""
 
 from __future__ import annotations
 
@@ -10,9 +10,8 @@ import kaldiio
 import numpy as np
 
 from stok.bin import kmeans as cli
-from stok.dump.storage import load_codes
+from stok.core.storage import load_codes
 from stok.models.kmeans import KMeansModel
-from stok.models.kmeans.dump import iter_labels
 from tests import kaldi_cpp
 from tests.kmeans_helpers import split_utts, write_feats
 
@@ -45,7 +44,6 @@ def test_dump_1024_clusters_labels_exact_in_every_reader(tmp_path):
         "kaldiio": dict(kaldiio.load_scp_sequential(labels_scp)),
         "kaldi_native_io": kaldi_cpp.int32_vectors(labels_scp),
         "load_codes": dict(load_codes(labels_scp)),
-        "iter_labels": dict(iter_labels(labels_scp)),
         "text": {k: np.array(t, dtype=np.int64)
                  for k, *t in (line.split() for line in open(os.path.join(out, "km_labels.txt")))},
     }

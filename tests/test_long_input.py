@@ -17,7 +17,7 @@ import stok.models.mfcc as mfcc
 import stok.models.s3.frontend as s3_frontend
 from stok.bin import decode as decode_bin
 from stok.bin import dump_codes
-from stok.dump.storage import load_codes
+from stok.core.storage import load_codes
 from stok.models.speechtokenizer import SpeechTokenizer, SpeechTokenizerConfig, load_released, save_released
 from stok.models.speechtokenizer.long_audio import decode_stream, encode_windows, plan_windows
 from tests.conftest import speechlike

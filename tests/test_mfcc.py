@@ -7,7 +7,7 @@ import torch
 import torchaudio
 from torchaudio.compliance import kaldi
 
-from stok.models.frames import codec_frames, hubert_frames
+from stok.core.frames import codec_frames, hubert_frames
 from stok.models.mfcc import mfcc_features
 from stok.models.teacher import build_teacher
 

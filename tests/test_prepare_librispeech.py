@@ -12,7 +12,7 @@ import soundfile as sf
 
 from stok.bin.prepare import main
 from tests.conftest import REPO, speechlike
-from tests.prepare_helpers import check_kaldi_dir, check_manifests, lhotse_round_trip
+from tests.prepare_helpers import chapter_dirs, check_kaldi_dir, check_manifests, lhotse_round_trip
 
 # split -> speaker -> chapter -> [(duration, transcript)]
 LAYOUT = {
@@ -26,20 +26,16 @@ LAYOUT = {
 def make_librispeech(root, layout=LAYOUT, rate=16000):
     durs = {}
     seed = 0
-    for split, spks in layout.items():
-        for spk, chapters in spks.items():
-            for chapter, utts in chapters.items():
-                d = os.path.join(root, split, spk, chapter)
-                os.makedirs(d)
-                lines = []
-                for i, (dur, text) in enumerate(utts):
-                    utt = f"{spk}-{chapter}-{i:04d}"
-                    seed += 1
-                    sf.write(os.path.join(d, utt + ".flac"), speechlike(dur, rate, seed=seed), rate)
-                    lines.append(f"{utt} {text}\n")
-                    durs.setdefault(split, {})[utt] = dur
-                with open(os.path.join(d, f"{spk}-{chapter}.trans.txt"), "w") as f:
-                    f.writelines(lines)
+    for split, spk, chapter, d, utts in chapter_dirs(root, layout):
+        lines = []
+        for i, (dur, text) in enumerate(utts):
+            utt = f"{spk}-{chapter}-{i:04d}"
+            seed += 1
+            sf.write(os.path.join(d, utt + ".flac"), speechlike(dur, rate, seed=seed), rate)
+            lines.append(f"{utt} {text}\n")
+            durs.setdefault(split, {})[utt] = dur
+        with open(os.path.join(d, f"{spk}-{chapter}.trans.txt"), "w") as f:
+            f.writelines(lines)
     return durs
 
 

@@ -8,7 +8,7 @@ import soundfile as sf
 
 from stok.bin.prepare import main
 from tests.conftest import speechlike
-from tests.prepare_helpers import check_kaldi_dir, check_manifests, lhotse_round_trip
+from tests.prepare_helpers import chapter_dirs, check_kaldi_dir, check_manifests, lhotse_round_trip
 
 # split -> speaker -> chapter -> [(duration, original text, normalized text)]
 LAYOUT = {
@@ -23,28 +23,24 @@ LAYOUT = {
 def make_libritts(root, rate=24000):
     durs, texts = {}, {}
     seed = 0
-    for split, spks in LAYOUT.items():
-        for spk, chapters in spks.items():
-            for chapter, utts in chapters.items():
-                d = os.path.join(root, split, spk, chapter)
-                os.makedirs(d)
-                trans, book = [], []
-                for i, (dur, orig, norm) in enumerate(utts):
-                    utt = f"{spk}_{chapter}_{i:06d}_000000"
-                    seed += 1
-                    sf.write(os.path.join(d, utt + ".wav"), speechlike(dur, rate, seed=seed), rate)
-                    with open(os.path.join(d, utt + ".original.txt"), "w") as f:
-                        f.write(orig)
-                    with open(os.path.join(d, utt + ".normalized.txt"), "w") as f:
-                        f.write(norm)
-                    trans.append(f"{utt}\t{orig}\t{norm}\n")
-                    book.append(f"{utt}\t{orig}\t{norm}\t{i}\t{i + 1}\t{20.5 + i}\n")
-                    durs.setdefault(split, {})[utt] = dur
-                    texts[utt] = norm
-                with open(os.path.join(d, f"{spk}_{chapter}.trans.tsv"), "w") as f:
-                    f.writelines(trans)
-                with open(os.path.join(d, f"{spk}_{chapter}.book.tsv"), "w") as f:
-                    f.writelines(book)
+    for split, spk, chapter, d, utts in chapter_dirs(root, LAYOUT):
+        trans, book = [], []
+        for i, (dur, orig, norm) in enumerate(utts):
+            utt = f"{spk}_{chapter}_{i:06d}_000000"
+            seed += 1
+            sf.write(os.path.join(d, utt + ".wav"), speechlike(dur, rate, seed=seed), rate)
+            with open(os.path.join(d, utt + ".original.txt"), "w") as f:
+                f.write(orig)
+            with open(os.path.join(d, utt + ".normalized.txt"), "w") as f:
+                f.write(norm)
+            trans.append(f"{utt}\t{orig}\t{norm}\n")
+            book.append(f"{utt}\t{orig}\t{norm}\t{i}\t{i + 1}\t{20.5 + i}\n")
+            durs.setdefault(split, {})[utt] = dur
+            texts[utt] = norm
+        with open(os.path.join(d, f"{spk}_{chapter}.trans.tsv"), "w") as f:
+            f.writelines(trans)
+        with open(os.path.join(d, f"{spk}_{chapter}.book.tsv"), "w") as f:
+            f.writelines(book)
     with open(os.path.join(root, "SPEAKERS.txt"), "w") as f:
         f.write(";ID  |SEX| SUBSET           |MINUTES| NAME\n84   | F | dev-clean        | 8.02 | Christie\n"
                 "103  | F | train-clean-100  | 23.5 | Karen\n1034 | M | train-clean-100  | 25.1 | Kevin\n")

@@ -13,7 +13,7 @@ import torch
 
 from stok.bin import dump_s3
 from stok.data.audio import load_audio
-from stok.dump.storage import load_codes
+from stok.core.storage import load_codes
 from stok.models.s3.frontend import log_mel
 from stok.models.s3.onnx_import import load_onnx
 from tests.conftest import PYTHON, REPO, speechlike

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from stok.dump.model_api import TooShort
+from stok.core.model_api import TooShort
 from stok.models.s3.frontend import _filters, batch_log_mel, log_mel, mel_frames
 from tests.conftest import speechlike
 

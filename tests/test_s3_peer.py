@@ -41,7 +41,7 @@ import torch
 
 from stok.bin import dump_s3
 from stok.data.audio import load_audio
-from stok.dump.storage import load_codes
+from stok.core.storage import load_codes
 from stok.models.s3.config import VERSIONS, S3Config, full_config, tiny_config
 from stok.models.s3.frontend import log_mel
 from stok.models.s3.long_audio import plan_windows

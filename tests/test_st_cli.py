@@ -14,7 +14,7 @@ import torch
 from stok.bin import decode as decode_bin
 from stok.bin import dump_codes, eval as eval_bin
 from stok.data.audio import load_audio
-from stok.dump.storage import load_codes
+from stok.core.storage import load_codes
 from stok.models.speechtokenizer import SpeechTokenizer, SpeechTokenizerConfig, load_released, save_released
 from tests.conftest import speechlike, write_corpus
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from stok.bin import dump_codes
-from stok.dump.storage import load_codes
+from stok.core.storage import load_codes
 from stok.models.speechtokenizer import SpeechTokenizer, SpeechTokenizerConfig, save_released
 from stok.models.speechtokenizer.batched_lstm import MIN_BATCH, lstm_padded
 from stok.models.speechtokenizer.dump_model import STDumpModel

@@ -20,7 +20,7 @@ import torch
 
 from stok.bin import decode as decode_bin
 from stok.bin import dump_codes, eval as eval_bin
-from stok.dump.storage import load_codes
+from stok.core.storage import load_codes
 from stok.models.speechtokenizer import SpeechTokenizer, SpeechTokenizerConfig, load_released, save_released
 from tests import kaldi_cpp
 from tests.conftest import write_data_dir

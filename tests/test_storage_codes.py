@@ -2,7 +2,7 @@
 
 A SpeechTokenizer with the released 8 x 1024 codebooks (small convolutions, so it runs fast) whose
 codebooks make a 2.56 s utterance use every value 0..1023 once; ``stok-dump-codes`` stores them, and
-plain ``kaldiio``, ``stok.dump.storage.load_codes``, Kaldi's C++ reader (``kaldi_native_io``),
+plain ``kaldiio``, ``stok.core.storage.load_codes``, Kaldi's C++ reader (``kaldi_native_io``),
 ``stok-decode`` and ``--text_output`` must all give them back exactly. Values up to 2^24 - 1 go through
 the engine's writer and merge. Dumps of earlier stok versions (Kaldi two-byte compressed matrices, which
 plain kaldiio decodes off by 2^-8 at every code = 128 mod 256) still read exactly; features are refused as codes.
@@ -21,10 +21,10 @@ from kaldiio.matio import write_array
 
 from stok.bin import decode as decode_bin
 from stok.bin import dump_codes
-from stok.cli import UserError
+from stok.core.errors import UserError
 from stok.data.audio import load_audio
 from stok.dump.merge import merge
-from stok.dump.storage import MAX_EXACT_CODE, ShardWriter, load_codes
+from stok.core.storage import MAX_EXACT_CODE, ShardWriter, load_codes
 from stok.models.speechtokenizer import SpeechTokenizer, SpeechTokenizerConfig, load_released, save_released
 from tests import kaldi_cpp
 from tests.conftest import write_corpus

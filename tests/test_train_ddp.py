@@ -47,7 +47,8 @@ def _nan_worker(rank, root, port, out):
 
     from stok.train.config import from_dict
     from stok.train.data import make_train_loader
-    from stok.train.trainer import DistInfo, Paths, Trainer
+    from stok.core.distributed import DistInfo
+    from stok.train.trainer import Paths, Trainer
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
@@ -55,7 +56,7 @@ def _nan_worker(rank, root, port, out):
     try:
         paths = Paths(os.path.join(root, "exp"), os.path.join(root, "data", "train"), os.path.join(root, "data", "dev"),
                       os.path.join(root, "feats_train.scp"), os.path.join(root, "feats_dev.scp"))
-        t = Trainer(from_dict(tiny_config()), paths, DistInfo(rank, 2, rank, torch.device("cpu")), show_progress=False)
+        t = Trainer(from_dict(tiny_config()), paths, DistInfo(rank, 2, rank, 2, torch.device("cpu")), show_progress=False)
         it = iter(make_train_loader(t.train_ds, t.sampler, 0, 320, 0))
         results = []
         for step in range(3):

@@ -38,11 +38,11 @@ def test_split_generator_pass_equals_one_call(data, tmp_path):  # noqa: F811
         disc = copy.deepcopy(t.disc)
         recon = base.clone().requires_grad_(True)
         if name == "split":
-            t.disc, saved = disc, t.disc
+            t.gan.disc, saved = disc, t.gan.disc
             try:
-                fake, fm_real, fm_fake = t._disc_for_generator(wav, recon)
+                fake, fm_real, fm_fake = t.gan.disc_for_generator(wav, recon)
             finally:
-                t.disc = saved
+                t.gan.disc = saved
         else:
             fake, fm_real, fm_fake = _one_call_reference(disc, wav, recon)
         adv = L.generator_adv_loss(fake, "lsgan")

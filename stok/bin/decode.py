@@ -34,14 +34,17 @@ import soundfile as sf
 import torch
 from tqdm import tqdm
 
-from stok.cli import UserError, check_output_dir, entry_point
-from stok.dump.bucketing import make_batches
-from stok.dump.distributed import resolve_device
-from stok.dump.fingerprint import file_sha256, refuse_other_record
-from stok.dump.storage import load_codes
-from stok.fileio import atomic_open, atomic_write_text
+from stok.bin.entry import entry_point
+from stok.core.bucketing import make_batches
+from stok.core.checksums import file_sha256
+from stok.core.distributed import resolve_device
+from stok.core.errors import UserError
+from stok.core.fileio import atomic_open, atomic_write_text, check_output_dir
+from stok.core.records import refuse_other_record
+from stok.core.storage import load_codes
+from stok.core.tables import read_table
 from stok.models.speechtokenizer.long_audio import decode_stream
-from stok.models.speechtokenizer.model_args import add_model_args, check_model_args, load_model
+from stok.models.speechtokenizer.model_args import STModelSettings
 
 log = logging.getLogger("stok.decode")
 RECORD = "decode_info.json"  # what made the audio of an output dir (model checksums, codes, layers)
@@ -49,7 +52,7 @@ RECORD = "decode_info.json"  # what made the audio of an output dir (model check
 
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_model_args(p)
+    STModelSettings.add_arguments(p, "SpeechTokenizer model")
     p.add_argument("--codes_scp", required=True, help="st_codes.scp from stok-dump-codes ([T, n_q] records)")
     p.add_argument("--output_dir", required=True, help="where wav/<utt>.wav and wav.scp go")
     p.add_argument("--first_layer", type=int, default=0, help="0-based RVQ layer to decode from (0: all layers)")
@@ -97,28 +100,14 @@ def check_args(args) -> None:
 def _scp_lines(path: str) -> List[Tuple[str, str]]:
     """``(key, location)`` of a codes scp; a line that is not ``utt location``, a repeated key, a binary file or a
     missing archive is named with ``path:line``."""
-    out, seen = [], set()
-    try:
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                parts = line.split(maxsplit=1)
-                if not parts:
-                    continue
-                if len(parts) != 2:
-                    raise UserError(f"{path}:{n}: expected 'utt location', got {line.strip()!r}")
-                key, loc = parts[0], parts[1].strip()
-                if key in seen:
-                    raise UserError(f"{path}:{n}: duplicate key {key!r}")
-                seen.add(key)
-                ark = loc.rpartition(":")[0] if loc.rpartition(":")[2].isdigit() else None
-                if ark is not None and not loc.endswith("|") and not os.path.isfile(ark):
-                    raise UserError(f"{path}:{n}: {key}: archive {ark} not found")
-                out.append((key, loc))
-    except UnicodeDecodeError:
-        raise UserError(f"--codes_scp {path} is not a text scp (an .ark given instead of its .scp?)") from None
-    if not out:
+    table = read_table(path, scp=True, what="--codes_scp")
+    for n, (key, loc) in enumerate(table.items(), 1):
+        ark = loc.rpartition(":")[0] if loc.rpartition(":")[2].isdigit() else None
+        if ark is not None and not loc.endswith("|") and not os.path.isfile(ark):
+            raise UserError(f"{path}:{n}: {key}: archive {ark} not found")
+    if not table:
         raise UserError(f"--codes_scp {path} is empty")
-    return out
+    return list(table.items())
 
 
 def read_codes(path: str, first: int, last: int, limit: int) -> List[Tuple[str, np.ndarray]]:
@@ -150,10 +139,8 @@ def read_codes(path: str, first: int, last: int, limit: int) -> List[Tuple[str, 
     return items
 
 
-def decode_record(args, first: int, last: int) -> dict:
+def decode_record(args, files: List[str], first: int, last: int) -> dict:
     """What made the audio of an output dir: the model files' checksums, the codes and the layers."""
-    files = ((os.path.join(args.model_dir, "config.json"), os.path.join(args.model_dir, "SpeechTokenizer.pt"))
-             if args.model_dir else (args.config, args.ckpt))
     return {"tool": "stok-decode", "model": {os.path.basename(p): file_sha256(p) for p in files},
             "codes_scp": os.path.abspath(args.codes_scp), "layers": [first, last - 1]}
 
@@ -186,10 +173,10 @@ def start_output(out_dir: str, record: dict, overwrite: bool) -> str:
 def main(argv=None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = get_parser().parse_args(argv)
-    check_model_args(args)
+    model_settings = STModelSettings.from_args(args)
     check_args(args)
     device = resolve_device(args.device, int(os.environ.get("LOCAL_RANK", 0)))
-    model = load_model(args, device)
+    model = model_settings.load(device)
     cfg = model.cfg
     last = cfg.n_q if not args.n_q else args.first_layer + args.n_q
     if args.first_layer >= cfg.n_q:
@@ -204,7 +191,7 @@ def main(argv=None) -> dict:
         k, lo, hi = bad[0]
         raise UserError(f"{args.codes_scp}:{k} has codes {lo}..{hi}, the model's codebooks have {cfg.codebook_size} "
                         "entries: these codes come from another model")
-    record = decode_record(args, args.first_layer, last)
+    record = decode_record(args, model_settings.files(), args.first_layer, last)
     check_output(args.output_dir, record, args.overwrite)
 
     wav_dir = start_output(args.output_dir, record, args.overwrite)

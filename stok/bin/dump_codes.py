@@ -6,7 +6,7 @@
 Output (through the dump engine, resumable): ``st_codes.scp`` / ``st_codes.<rank>.ark`` with one ``[T, n_q]``
 record per utterance (T = ceil(samples / 320) frames at 50 Hz, column i = RVQ layer i + 1; stored as exact
 float32 matrices, 4 bytes a code), ``failed.list``, ``st_codes.summary.json``. ``kaldiio.load_scp`` reads the
-codes as exact integers; ``stok.dump.storage.load_codes`` returns them as int64 ``[T, n_q]`` (and also reads
+codes as exact integers; ``stok.core.storage.load_codes`` returns them as int64 ``[T, n_q]`` (and also reads
 dumps of earlier stok versions); ``--text_output`` also writes ``st_codes.txt``.
 Batched encoding gives the codes of one-at-a-time encoding: each item is padded and masked at its own end.
 Utterances longer than ``--window_seconds`` (60 s) are encoded in overlapping windows of that length, one at a
@@ -16,25 +16,21 @@ time, so memory does not grow with an utterance's length (see ``stok.models.spee
 from __future__ import annotations
 
 import argparse
-import os
 
 import torch
 
-from stok.cli import UserError, entry_point
+from stok.bin.entry import entry_point
+from stok.core.errors import UserError
 from stok.dump.engine import run_dump
-from stok.dump.options import add_dump_args
-from stok.models.speechtokenizer.model_args import DTYPES, add_model_args, check_dtype, check_model_args, load_model
+from stok.dump.settings import DumpSettings, add_dump_arguments
+from stok.models.speechtokenizer.model_args import DTYPES, STModelSettings, check_dtype
 
 NAME = "st_codes"
-# On CPU both paths run the convolutions item by item; --cpu_kernels fast runs the LSTM on the batch, which
-# pays from 16 utterances on (stok.models.speechtokenizer.batched_lstm): the batch holds only 50 Hz features.
-CPU_BATCH_SECONDS = 600.0
-GPU_BATCH_SECONDS = 600.0
 
 
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_model_args(p)
+    STModelSettings.add_arguments(p, "SpeechTokenizer model")
     g = p.add_argument_group("codes")
     g.add_argument("--n_q", type=int, default=0, help="codebooks to keep, RVQ-1 first (0: all the model has)")
     g.add_argument("--dtype", choices=sorted(DTYPES), default="fp32",
@@ -47,15 +43,14 @@ def get_parser() -> argparse.ArgumentParser:
     g.add_argument("--window_margin_seconds", type=float, default=5.0,
                    help="context a window keeps on each side of the frames it contributes (the bidirectional "
                         "LSTM's view past the cut)")
-    add_dump_args(p)
-    p.set_defaults(batch_seconds=0.0)  # 0: chosen by device below; an explicit --batch_seconds/--max_frames wins
+    add_dump_arguments(p)
     return p
 
 
 @entry_point
 def main(argv=None) -> dict:
     args = get_parser().parse_args(argv)
-    check_model_args(args)
+    model_settings = STModelSettings.from_args(args)
     if args.n_q < 0:
         raise UserError(f"--n_q {args.n_q}: give a number >= 0 (0: all codebooks)")
     if args.window_seconds < 0 or args.window_margin_seconds < 0:
@@ -64,29 +59,26 @@ def main(argv=None) -> dict:
     if args.window_seconds and not 2 * args.window_margin_seconds < args.window_seconds:
         raise UserError(f"--window_margin_seconds {args.window_margin_seconds:g} leaves nothing of a "
                         f"{args.window_seconds:g} s window: give a margin under half the window")
-    if not args.batch_seconds and not args.max_frames:
-        on_gpu = args.device.startswith("cuda") or (args.device == "auto" and torch.cuda.is_available())
-        args.batch_seconds = GPU_BATCH_SECONDS if on_gpu else CPU_BATCH_SECONDS
+    settings = DumpSettings.from_args(args)
 
     def build(device: torch.device):
         from stok.models.speechtokenizer.dump_model import STDumpModel
 
         dtype = check_dtype(args.dtype, device)
-        model = load_model(args, device)
+        model = model_settings.load(device)
         if args.n_q > model.cfg.n_q:
             raise UserError(f"--n_q {args.n_q} but the model has {model.cfg.n_q} codebooks; give 1..{model.cfg.n_q} "
                             "(0: all)")
-        files = ([os.path.join(args.model_dir, n) for n in ("config.json", "SpeechTokenizer.pt")] if args.model_dir
-                 else [args.config, args.ckpt])
         frame_rate = model.cfg.sample_rate / model.cfg.hop
         window = int(round(args.window_seconds * frame_rate))
         margin = int(round(args.window_margin_seconds * frame_rate))
         if window and not 2 * margin < window:
             raise UserError(f"--window_seconds {args.window_seconds:g} is {window} frames of this model, too few "
                             f"for --window_margin_seconds {args.window_margin_seconds:g} on each side")
-        return STDumpModel(model, args.n_q, dtype, weights_files=files, window=window, margin=margin)
+        return STDumpModel(model, args.n_q, dtype, weights_files=model_settings.files(), window=window,
+                           margin=margin)
 
-    return run_dump(args, build, name=NAME)
+    return run_dump(settings, build, name=NAME)
 
 
 if __name__ == "__main__":

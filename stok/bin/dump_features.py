@@ -2,7 +2,7 @@
 
 Writes ``<output_dir>/feats.scp`` (+ ``feats.<rank>.ark``, ``failed.list``, ``feats.summary.json``): one float
 matrix ``[T, D]`` per utterance with ``T = ceil(samples / 320)`` rows (50 Hz at 16 kHz; the frame rule of
-:mod:`stok.models.frames`, shared with the SpeechTokenizer trainer).
+:mod:`stok.core.frames`, shared with the SpeechTokenizer trainer).
 
 Examples::
 
@@ -15,8 +15,9 @@ Examples::
     # HuBERT layer 9 (k-means units as the SpeechTokenizer authors'), Hugging Face weights
     python -m stok.bin.dump_features --teacher hubert --checkpoint hubert-base-ls960/ --layer 9 ...
 
-Batches: utterances sorted by length, at most ``--batch_seconds`` of padded audio each (default by device: 20 s on
-CPU, where HuBERT is as fast one utterance at a time and larger batches only add memory traffic; 240 s on GPU).
+Batches: utterances sorted by length, at most ``--batch_seconds`` of padded audio each (default: the teacher's, by
+device: 20 s on CPU, where HuBERT is as fast one utterance at a time and larger batches only add memory traffic;
+240 s on GPU).
 
 Storage: float32 Kaldi matrices by default (``kaldiio.load_scp(feats.scp)[utt]`` -> float32 ``[T, D]``).
 ``--feature_storage compressed16`` writes Kaldi compressed matrices (two bytes per value, linear over each
@@ -33,39 +34,22 @@ import os
 import shutil
 from typing import Optional
 
-from stok.cli import UserError, entry_point
+from stok.bin.entry import entry_point
+from stok.core.errors import UserError
 from stok.dump.engine import run_dump
-from stok.dump.options import add_dump_args
-from stok.models.teacher import add_teacher_args, build_teacher
+from stok.dump.settings import DumpSettings, add_dump_arguments
+from stok.models.teacher import TeacherSettings, build_teacher
 
 log = logging.getLogger("stok.dump_features")
 NAME = "feats"
 FRAME_RATE = 50.0
 
 
-# Batch budget when neither --batch_seconds nor --max_frames is given. On CPU HuBERT's matrix products are as
-# fast one utterance at a time as in batches, and batches of many frames only add padding and memory traffic
-# (measured, HuBERT base, 2 cores: 20 s batches as fast as one at a time, 80 s batches 15% slower).
-CPU_BATCH_SECONDS = 20.0
-GPU_BATCH_SECONDS = 240.0
-
-
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_teacher_args(p)
-    add_dump_args(p)
-    p.set_defaults(batch_seconds=0.0)  # 0: by device (resolve_defaults); an explicit value wins
+    TeacherSettings.add_arguments(p, "teacher")
+    add_dump_arguments(p)
     return p
-
-
-def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
-    """The batch budget by device, unless --batch_seconds or --max_frames was given."""
-    if not args.batch_seconds and not args.max_frames:
-        import torch
-
-        on_gpu = args.device.startswith("cuda") or (args.device == "auto" and torch.cuda.is_available())
-        args.batch_seconds = GPU_BATCH_SECONDS if on_gpu else CPU_BATCH_SECONDS
-    return args
 
 
 def _human(n: float) -> str:
@@ -73,21 +57,6 @@ def _human(n: float) -> str:
         if n < 1000 or unit == "TB":
             return f"{n:.1f} {unit}"
         n /= 1000.0
-
-
-def audio_hours(args) -> Optional[float]:
-    """Total audio hours from utt2dur/segments (None when some durations are unknown)."""
-    from stok.dump.engine import read_utterances
-
-    try:
-        utts = read_utterances(args)
-    except SystemExit:
-        raise
-    except Exception:
-        return None
-    if any(u.duration is None for u in utts):
-        return None
-    return sum(u.duration for u in utts) / 3600.0
 
 
 def disk_estimate(hours: float, dim: int, storage: str) -> dict:
@@ -98,26 +67,25 @@ def disk_estimate(hours: float, dim: int, storage: str) -> dict:
             "bytes": frames * dim * bytes_per_value}
 
 
-def print_estimate(args, dim: int) -> Optional[dict]:
-    hours = audio_hours(args)
+def print_estimate(settings: DumpSettings, hours: Optional[float], dim: int) -> Optional[dict]:
     if hours is None:
         log.info("disk estimate: durations unknown (no utt2dur); %d dims x %d bytes per value at 50 frames/s",
-                 dim, 2 if args.feature_storage == "compressed16" else 4)
+                 dim, 2 if settings.feature_storage == "compressed16" else 4)
         return None
-    est = disk_estimate(hours, dim, args.feature_storage)
+    est = disk_estimate(hours, dim, settings.feature_storage)
     msg = (f"disk estimate: {hours:.2f} h x {FRAME_RATE:.0f} frames/s x {dim} dims x {est['bytes_per_value']} B "
-           f"({args.feature_storage}) = {_human(est['bytes'])}")
-    existing = os.path.abspath(args.output_dir)  # nothing is created before the dump starts
+           f"({settings.feature_storage}) = {_human(est['bytes'])}")
+    existing = os.path.abspath(settings.output_dir)  # nothing is created before the dump starts
     while not os.path.isdir(existing):
         existing = os.path.dirname(existing)
     free = shutil.disk_usage(existing).free
     est["free"] = free
     if est["bytes"] > free:
         log.warning("%s, but only %s free under %s: the dump will not fit (use --feature_storage compressed16, "
-                    "another disk, or an online teacher)", msg, _human(free), args.output_dir)
+                    "another disk, or an online teacher)", msg, _human(free), settings.output_dir)
     else:
         log.info("%s (%s free)", msg, _human(free))
-    if args.feature_storage == "float32" and est["bytes"] > 50e9:
+    if settings.feature_storage == "float32" and est["bytes"] > 50e9:
         log.info("a large dump: --feature_storage compressed16 halves it (error <= (max-min)/65535 per value)")
     return est
 
@@ -125,24 +93,21 @@ def print_estimate(args, dim: int) -> Optional[dict]:
 @entry_point
 def main(argv=None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    args = resolve_defaults(get_parser().parse_args(argv))
+    args = get_parser().parse_args(argv)
     if args.text_output:
         raise UserError("--text_output writes integer tokens as text; teacher features are float matrices: leave it "
                         "out (read feats.scp with kaldiio.load_scp)")
-    if args.teacher == "hubert" and not args.checkpoint:
-        raise UserError("--teacher hubert needs --checkpoint (fairseq .pt, Hugging Face dir, torchaudio "
-                        "state dict or bundle name such as HUBERT_BASE); --teacher mfcc needs no weights")
+    teacher_settings = TeacherSettings.from_args(args)
+    settings = DumpSettings.from_args(args)
 
-    def build(device):  # called by the engine once the options, the list and the output dir are checked
+    def build(device):  # called by the engine once the options and the output dir are checked
         try:
-            teacher = build_teacher(args, device=device)
+            return build_teacher(teacher_settings, device=device)
         except (FileNotFoundError, ValueError) as e:  # missing or unusable weights, --layer out of range ...
             raise UserError(str(e)) from None
-        if int(os.environ.get("RANK", 0)) == 0:
-            print_estimate(args, teacher.dim)
-        return teacher
 
-    return run_dump(args, build, name=NAME)
+    return run_dump(settings, build, name=NAME,
+                    on_start=lambda inp, teacher: print_estimate(settings, inp.audio_hours(), teacher.dim))
 
 
 if __name__ == "__main__":

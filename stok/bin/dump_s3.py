@@ -20,10 +20,12 @@ import os
 
 import torch
 
-from stok.cli import UserError, entry_point
+from stok.bin.entry import entry_point
+from stok.core.distributed import on_gpu
+from stok.core.errors import UserError
+from stok.core.fileio import atomic_torch_save
 from stok.dump.engine import run_dump
-from stok.dump.options import add_dump_args
-from stok.fileio import atomic_torch_save
+from stok.dump.settings import DumpSettings, add_dump_arguments
 from stok.models.s3.config import VERSIONS
 
 NAME = "s3_tokens"
@@ -46,34 +48,13 @@ def get_parser() -> argparse.ArgumentParser:
     g.add_argument("--cosyvoice_export", action="store_true",
                    help="also write utt2speech_token.pt (utterance id -> list of ints) for CosyVoice fine-tuning "
                         "(an existing one in --output_dir is always rewritten to match s3_tokens.scp)")
-    add_dump_args(p)
-    # batch budget: 0 picks by device (see CPU_BATCH_SECONDS); an explicit --batch_seconds or --max_frames wins
-    p.set_defaults(batch_seconds=0.0)
+    add_dump_arguments(p)
     return p
-
-
-# On CPU the encoder's matrix products reach their best speed at a few hundred tokens per batch;
-# larger batches only add padding (and memory traffic), so CPU batches hold about 40 s of audio.
-CPU_BATCH_SECONDS = 40.0
-GPU_BATCH_SECONDS = 240.0
-
-
-def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
-    """Device-dependent defaults: the batch budget (unless --batch_seconds/--max_frames) and --window_batch."""
-    if args.window_batch < 0:
-        raise UserError(f"--window_batch {args.window_batch}: give a number >= 0")
-    on_gpu = args.device.startswith("cuda") or (args.device == "auto" and torch.cuda.is_available())
-    if args.dtype != "fp32" and not on_gpu:
-        raise UserError(f"--dtype {args.dtype} is for GPUs; on {args.device} use --dtype fp32")
-    if not args.batch_seconds and not args.max_frames:
-        args.batch_seconds = GPU_BATCH_SECONDS if on_gpu else CPU_BATCH_SECONDS
-    args.window_batch = args.window_batch or (8 if on_gpu else 2)
-    return args
 
 
 def write_cosyvoice_export(output_dir: str) -> str:
     """``utt2speech_token.pt`` (utterance id -> list of ints) from the merged ``s3_tokens.scp``."""
-    from stok.dump.storage import load_codes
+    from stok.core.storage import load_codes
 
     tokens = {k: [int(x) for x in v] for k, v in load_codes(os.path.join(output_dir, f"{NAME}.scp"))}
     path = os.path.join(output_dir, "utt2speech_token.pt")
@@ -83,8 +64,13 @@ def write_cosyvoice_export(output_dir: str) -> str:
 
 @entry_point
 def main(argv=None) -> dict:
-    args = resolve_defaults(get_parser().parse_args(argv))
-    dtype, window_batch = DTYPES[args.dtype], args.window_batch
+    args = get_parser().parse_args(argv)
+    settings = DumpSettings.from_args(args)
+    if args.window_batch < 0:
+        raise UserError(f"--window_batch {args.window_batch}: give a number >= 0")
+    if args.dtype != "fp32" and not on_gpu(settings.device):
+        raise UserError(f"--dtype {args.dtype} is for GPUs; on {settings.device} use --dtype fp32")
+    dtype = DTYPES[args.dtype]
 
     def build(device: torch.device):
         from stok.models.s3.dump_model import S3DumpModel
@@ -92,6 +78,7 @@ def main(argv=None) -> dict:
 
         if dtype != torch.float32 and device.type != "cuda":
             raise UserError(f"--dtype {args.dtype} is for GPUs; on {device} use --dtype fp32")
+        window_batch = args.window_batch or (8 if device.type == "cuda" else 2)
         try:
             model = load_s3(args.model, args.version, device, dtype, window_batch)
         except (FileNotFoundError, ValueError) as e:
@@ -103,7 +90,7 @@ def main(argv=None) -> dict:
         logging.getLogger("stok.dump").info("CosyVoice export: %s", path)
 
     stale = os.path.exists(os.path.join(args.output_dir, "utt2speech_token.pt"))  # never left behind the tokens
-    return run_dump(args, build, name=NAME, finish=export if args.cosyvoice_export or stale else None)
+    return run_dump(settings, build, name=NAME, finish=export if args.cosyvoice_export or stale else None)
 
 
 if __name__ == "__main__":

@@ -22,22 +22,23 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from stok.cli import UserError, check_output_dir, entry_point
-from stok.dump.bucketing import make_batches
-from stok.dump.dataset import Collate, UtteranceDataset
-from stok.dump.distributed import resolve_device
-from stok.dump.engine import fill_durations, read_utterances
+from stok.bin.entry import entry_point
+from stok.core.bucketing import make_batches
+from stok.core.distributed import resolve_device
+from stok.core.errors import UserError
+from stok.core.fileio import check_output_dir
+from stok.dump.inputs import AudioInput
 from stok.eval.metrics import CodeUsage, MelDistance, si_snr, stoi
 from stok.eval.plots import plot_code_usage, plot_mel_distance
 from stok.models.speechtokenizer.dump_model import STDumpModel
-from stok.models.speechtokenizer.model_args import add_model_args, check_model_args, load_model
+from stok.models.speechtokenizer.model_args import STModelSettings
 
 log = logging.getLogger("stok.eval")
 
 
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_model_args(p)
+    STModelSettings.add_arguments(p, "SpeechTokenizer model")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--data_dir", help="Kaldi data dir (wav.scp, optional segments and utt2dur)")
     src.add_argument("--wav_scp", help="a bare wav.scp")
@@ -62,7 +63,7 @@ def _mean(values: List[float]) -> float:
 def main(argv=None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = get_parser().parse_args(argv)
-    check_model_args(args)
+    model_settings = STModelSettings.from_args(args)
     for name in ("data_dir", "wav_scp", "segments"):
         path = getattr(args, name)
         path = os.path.join(path, "wav.scp") if name == "data_dir" and path else path
@@ -72,24 +73,24 @@ def main(argv=None) -> dict:
         raise UserError("--limit and --num_workers must be >= 0 and --batch_seconds > 0")
     check_output_dir(args.output_dir)
     device = resolve_device(args.device, 0)
-    model = load_model(args, device)
+    model = model_settings.load(device)
     cfg = model.cfg
     if not 0 <= args.n_q <= cfg.n_q:
         raise UserError(f"--n_q {args.n_q} is out of range: the model has {cfg.n_q} codebooks (0: all of them)")
     n_q = args.n_q or cfg.n_q
     dump_model = STDumpModel(model, n_q)
     failures: Dict[str, str] = {}
-    utts = fill_durations(read_utterances(args), failures, True)
-    costs = [max(1, int(round(u.duration * cfg.sample_rate))) for u in utts]
-    batches = make_batches(costs, int(args.batch_seconds * cfg.sample_rate), 0, bucketing=True)
-    loader = torch.utils.data.DataLoader(UtteranceDataset(utts, dump_model), batch_sampler=batches,
-                                         collate_fn=Collate(dump_model), num_workers=args.num_workers)
+    inp = AudioInput(args.data_dir, args.wav_scp, args.segments, args.limit)
+    costs = inp.costs(dump_model, list(range(len(inp.items))), failures, True)
+    todo = sorted(costs)
+    batches = make_batches([costs[i] for i in todo], int(args.batch_seconds * cfg.sample_rate), 0, bucketing=True)
+    loader = inp.loader(dump_model, todo, batches, args.num_workers, pin_memory=False)
     mel = MelDistance(cfg.sample_rate, device)
     usage = CodeUsage(n_q, cfg.codebook_size)
     ks = list(range(1, n_q)) if args.sweep else []
     per_utt: List[dict] = []
     start = time.time()
-    with torch.inference_mode(), tqdm(total=len(utts), desc="eval", unit="utt") as bar:
+    with torch.inference_mode(), tqdm(total=len(todo), desc="eval", unit="utt") as bar:
         for batch in loader:
             failures.update(dict(batch.failures))
             if batch.keys:

@@ -12,11 +12,10 @@ per cut, dtype kept). Read back with plain lhotse, no stok import needed::
     cuts = CutSet.from_shar(in_dir="dump/s3_v2_25hz/train/shar")
     tokens = next(iter(cuts)).load_s3_tokens()     # exactly the dumped array (int32)
 
-In Shar a dump field is a lhotse ``Array``, not a ``TemporalArray``: lhotse's own in-memory readers cut a
-temporal array at ``round(duration / frame_shift)`` frames, which would drop the last token of about half the
-cuts (stok's models give a frame to every started hop). The frame shift stays in the cut as the custom value
-``<field>_frame_shift``. The output dir must hold nothing else: ``from_shar(in_dir=...)`` reads every file
-there as a field.
+As in the dump's cut set, a dump field is a whole lhotse ``Array`` with its frame shift in the custom value
+``<field>_frame_shift`` (a ``TemporalArray`` would be cut at ``round(duration / frame_shift)`` frames and lose
+the last token of about half the cuts; those of cut sets written by earlier stok versions are converted).
+The output dir must hold nothing else: ``from_shar(in_dir=...)`` reads every file there as a field.
 """
 
 from __future__ import annotations
@@ -27,7 +26,8 @@ import os
 import re
 from typing import Dict, List
 
-from stok.cli import UserError, entry_point
+from stok.bin.entry import entry_point
+from stok.core.errors import UserError
 
 log = logging.getLogger("stok.shar")
 AUDIO_FORMATS = ("flac", "wav", "original", "none")
@@ -55,8 +55,9 @@ def array_fields(cut) -> List[str]:
 
 
 def for_shar(cut, fields: List[str], audio: bool = True):
-    """The cut with each temporal dump field as a whole-array ``Array`` (+ ``<field>_frame_shift``), and the
-    audio of a command source (``cmd |``) decoded into memory when the audio is exported."""
+    """The cut with each temporal dump field (cut sets of earlier stok versions) as a whole-array ``Array``
+    (+ ``<field>_frame_shift``), and the audio of a command source (``cmd |``) decoded into memory when the
+    audio is exported."""
     from lhotse.array import TemporalArray
     from lhotse.utils import fastcopy
 
@@ -100,7 +101,7 @@ def main(argv=None) -> Dict[str, object]:
 
     from lhotse import CutSet
 
-    import stok.dump.lhotse_storage  # noqa: F401 - registers the reader of the dump's ark records
+    import stok.dump.lhotse_storage  # noqa: F401 - reads the fields of earlier stok versions' cut sets
 
     cuts = CutSet.from_jsonl_lazy(args.cuts)
     first = next(iter(cuts), None)

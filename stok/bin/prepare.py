@@ -26,23 +26,17 @@ recordings. The corpus recipes never download unless --download is given. Exampl
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import os
 import sys
 import time
 
-from stok.cli import UserError, check_output_dir, entry_point
-from stok.data.prepare import CORPORA
-
-HELP = {
-    "demo": "the shipped espeak-ng demo corpus (recipes/demo/corpus)",
-    "librispeech": "LibriSpeech or Mini LibriSpeech (lhotse recipe)",
-    "aishell": "AISHELL-1 (lhotse recipe)",
-    "libritts": "LibriTTS or LibriTTS-R (lhotse recipe)",
-    "folder": "a directory of audio, a wav.scp or a Kaldi data dir",
-}
+from stok.bin.entry import entry_point
+from stok.core.errors import UserError
+from stok.core.fileio import check_output_dir
+from stok.data.prepare import CORPORA, recipe_of
+from stok.data.prepare.settings import add_prepare_arguments
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,33 +45,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="corpus", metavar="CORPUS")
     sub.required = True
     for name in CORPORA:
-        module = importlib.import_module(f"stok.data.prepare.{name}")
-        p = sub.add_parser(name, help=HELP[name], description=module.__doc__,
+        recipe = recipe_of(name)
+        p = sub.add_parser(name, help=recipe.summary, description=recipe.about,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
-        module.add_arguments(p)
+        add_prepare_arguments(p, recipe.settings_class, recipe.options)
         p.add_argument("--summary_json", default=None, help="also write the per-split summary as JSON here")
         p.add_argument("--log_level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
         p.add_argument("--debug", action="store_true", help="show the traceback of user errors too")
-        p.set_defaults(module=module)
     return parser
 
 
-def check_args(args) -> None:
-    """Option values and output locations, before any corpus is read or any file written."""
-    from stok.data.prepare.manifests import parse_combine
-
-    if getattr(args, "num_jobs", 1) < 1:
-        raise UserError(f"--num_jobs must be >= 1, got {args.num_jobs}")
-    check_output_dir(args.output_dir, "--output_dir")
-    if getattr(args, "manifest_dir", None):
-        check_output_dir(args.manifest_dir, "--manifest_dir")
-    if args.summary_json:
-        if os.path.isdir(args.summary_json):
-            raise UserError(f"--summary_json {args.summary_json} is a directory; give a file name")
-        check_output_dir(os.path.dirname(os.path.abspath(args.summary_json)), f"--summary_json {args.summary_json}: its directory")
-    parse_combine(getattr(args, "combine", None))
-    if hasattr(args.module, "check_args"):
-        args.module.check_args(args)
+def check_summary_json(path: str) -> None:
+    if os.path.isdir(path):
+        raise UserError(f"--summary_json {path} is a directory; give a file name")
+    check_output_dir(os.path.dirname(os.path.abspath(path)), f"--summary_json {path}: its directory")
 
 
 @entry_point
@@ -87,11 +68,12 @@ def main(argv=None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from stok.data.prepare.manifests import format_summary
 
-    if getattr(args, "splits", None):
-        args.splits = list(dict.fromkeys(args.splits))  # "train dev dev" -> once each, order kept
-    check_args(args)
+    recipe = recipe_of(args.corpus)
+    settings = recipe.settings_class.from_args(args)  # option values, before any corpus is read or file written
+    if args.summary_json:
+        check_summary_json(args.summary_json)
     t0 = time.time()
-    summaries = args.module.run(args)
+    summaries = recipe.run(settings)  # checks the output dirs and the corpus before it writes
     wall = time.time() - t0
     print(format_summary(summaries))
     print(f"stok-prepare {args.corpus}: {len(summaries)} splits in {wall:.1f} s")

@@ -3,7 +3,7 @@
     python -m stok.bin.train --config conf/train.yaml --data_dir data/train --teacher_scp dump/mfcc/train/feats.scp \\
         --dev_dir data/dev --dev_teacher_scp dump/mfcc/dev/feats.scp --exp_dir exp/st [--resume] [--max_steps N]
     torchrun --nproc_per_node 8 -m stok.bin.train ...            # one process per GPU (NCCL), or CPU processes (gloo)
-    torchrun --nnodes 2 --node_rank R --master_addr HOST ... -m stok.bin.train ...   # several nodes
+    torchrun --nnodes 2 --node_rank R --rdzv_backend c10d --rdzv_endpoint HOST:PORT ... -m stok.bin.train ...
 
 The teacher is the stage 1 feature scp (``teacher.source: features``), the stage 2 k-means label scp
 (``teacher.source: labels`` with ``loss.distill_type: kmeans``), or computed in the step (``teacher.source: online``,
@@ -15,6 +15,12 @@ end ``export/`` (``config.json`` + ``SpeechTokenizer.pt``, the released layout).
 config that differs from the checkpoint's (naming each changed key; the run's length and bookkeeping may change), and
 a run into an ``--exp_dir`` that already holds one is refused without ``--resume``. Every check (options, config,
 data, teacher, the experiment dir) runs before anything is written.
+
+Clusters: SIGTERM or SIGUSR1 (to any rank) stops every rank after the same step; a full checkpoint is saved,
+``<exp_dir>/stopped.json`` written, and the process exits with status 75 (``EX_TEMPFAIL``; under ``torchrun``,
+which reports 1 for any failed worker, look for ``stopped.json``): requeue the job with ``--resume`` and it
+continues step for step. Several nodes: ``torchrun --nnodes N --node_rank R --nproc_per_node P --rdzv_backend c10d
+--rdzv_endpoint HOST:PORT -m stok.bin.train ...`` on each node, ``--exp_dir`` on a filesystem every node shares.
 """
 
 from __future__ import annotations
@@ -24,8 +30,10 @@ import logging
 import os
 import sys
 
-from stok.cli import UserError, entry_point
+from stok.bin.entry import entry_point
+from stok.core.errors import UserError
 from stok.train.config import load_config
+from stok.train.signals import REQUEUE_EXIT_STATUS, ignore_stop_signals
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -67,21 +75,29 @@ def main(argv=None) -> dict:
         overrides.append(f"data.num_workers={args.num_workers}")
     cfg = load_config(args.config, overrides)
 
-    from stok.dump import distributed
-    from stok.train.trainer import DistInfo, Paths, Trainer
+    from stok.core import distributed
+    from stok.train.trainer import Paths, Trainer
 
     info = distributed.setup(args.device, args.threads)
     logging.basicConfig(level=logging.INFO if info.is_main else logging.WARNING,
                         format=f"%(asctime)s [rank {info.rank}] %(levelname)s %(message)s", stream=sys.stderr)
     paths = Paths(args.exp_dir, args.data_dir, args.dev_dir, args.teacher_scp, args.dev_teacher_scp)
     try:  # every check runs here, before anything is written to --exp_dir
-        trainer = Trainer(cfg, paths, DistInfo(info.rank, info.world, info.local_rank, info.device),
+        trainer = Trainer(cfg, paths, info,
                           max_steps=args.max_steps, resume=args.resume, show_progress=not args.quiet)
     except BaseException:
         distributed.cleanup(info)
         raise
     try:
         result = trainer.train(stop_after=args.stop_after)
+        if result["stopped"]:
+            ignore_stop_signals()  # saved: a second signal (a launcher stopping the other ranks) changes nothing
+            if info.is_main:
+                print(f"stopped by {result['stopped']} after step {trainer.step} of {trainer.total_steps}, checkpoint "
+                      f"saved; run the same command with --resume to continue (exit status {REQUEUE_EXIT_STATUS})",
+                      flush=True)
+            distributed.barrier(info)
+            raise SystemExit(REQUEUE_EXIT_STATUS)
         finished = trainer.step >= trainer.total_steps
         if info.is_main:
             hist = trainer.dev_history

@@ -11,11 +11,15 @@ import os
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Tuple
 
-from stok.cli import UserError
+from stok.core.tables import TableError, read_table, sort_keys, write_table
 
 
-class KaldiDirError(UserError, ValueError):
+class KaldiDirError(TableError):
     """A malformed, unreadable or inconsistent Kaldi data dir file; the message names the file and line."""
+
+
+def _read(path: str, min_fields: int, max_fields: Optional[int] = None) -> Dict[str, str]:
+    return read_table(path, min_fields, max_fields, error=KaldiDirError)
 
 
 @dataclass(frozen=True)
@@ -60,46 +64,15 @@ class KaldiDir:
         return out
 
 
-def sort_keys(keys: Iterable[str]) -> List[str]:
-    """C-locale order (bytes), as Kaldi's ``sort`` with LC_ALL=C."""
-    return sorted(keys, key=lambda k: k.encode("utf-8"))
-
-
-def read_table(path: str, min_fields: int = 2, max_fields: Optional[int] = None) -> Dict[str, str]:
-    """``key rest-of-line`` pairs; duplicate keys and short lines are errors naming ``path:line``."""
-    out: Dict[str, str] = {}
-    n = 0
-    try:
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                line = line.strip()
-                if not line:
-                    continue
-                parts = line.split(maxsplit=1)
-                nfields = 1 + (len(parts[1].split()) if len(parts) > 1 else 0)
-                if nfields < min_fields or (max_fields and nfields > max_fields):
-                    want = f"{min_fields}" if max_fields == min_fields else f"at least {min_fields}"
-                    raise KaldiDirError(f"{path}:{n}: expected {want} fields, got {nfields}: {line!r}; "
-                                        "each line is 'key value...': fix or remove it")
-                if parts[0] in out:
-                    raise KaldiDirError(f"{path}:{n}: duplicate key {parts[0]!r}; keys must be unique")
-                out[parts[0]] = parts[1] if len(parts) > 1 else ""
-    except UnicodeDecodeError:
-        raise KaldiDirError(f"{path}:{n + 1}: not UTF-8 text; Kaldi lists are UTF-8") from None
-    except OSError as e:
-        raise KaldiDirError(f"{path}: cannot read ({e.strerror or e}); check the path and its permissions") from None
-    return out
-
-
 def read_wav_scp(path: str) -> Dict[str, str]:
     if not os.path.isfile(path):
         raise KaldiDirError(f"wav.scp not found: {path}")
-    return read_table(path, min_fields=2)
+    return _read(path, 2)
 
 
 def read_segments(path: str, wav_scp: Dict[str, str]) -> Dict[str, Tuple[str, float, float]]:
     out = {}
-    for n, (utt, rest) in enumerate(read_table(path, 4, 4).items(), 1):
+    for n, (utt, rest) in enumerate(_read(path, 4, 4).items(), 1):
         rec, start, end = rest.split()
         if rec not in wav_scp:
             raise KaldiDirError(f"{path}: utterance {utt!r} refers to recording {rec!r}, which is not in wav.scp")
@@ -115,7 +88,7 @@ def read_segments(path: str, wav_scp: Dict[str, str]) -> Dict[str, Tuple[str, fl
 
 def read_utt2dur(path: str) -> Dict[str, float]:
     out = {}
-    for utt, value in read_table(path, 2, 2).items():
+    for utt, value in _read(path, 2, 2).items():
         try:
             out[utt] = float(value)
         except ValueError:
@@ -133,8 +106,8 @@ def read_kaldi_dir(path: str) -> KaldiDir:
     kd = KaldiDir(
         wav_scp=wav_scp,
         segments=segments,
-        utt2spk={k: v for k, v in read_table(p("utt2spk"), 2, 2).items()} if os.path.isfile(p("utt2spk")) else None,
-        text=read_table(p("text"), 1) if os.path.isfile(p("text")) else None,
+        utt2spk={k: v for k, v in _read(p("utt2spk"), 2, 2).items()} if os.path.isfile(p("utt2spk")) else None,
+        text=_read(p("text"), 1) if os.path.isfile(p("text")) else None,
         utt2dur=read_utt2dur(p("utt2dur")) if os.path.isfile(p("utt2dur")) else None,
     )
     utts = set(kd.utt_ids())
@@ -144,17 +117,6 @@ def read_kaldi_dir(path: str) -> KaldiDir:
             if unknown:
                 raise KaldiDirError(f"{p(name)}: {len(unknown)} keys not among the utterances, e.g. {unknown[0]!r}")
     return kd
-
-
-def write_table(path: str, table: Dict[str, object]) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for key in sort_keys(table):
-            value = table[key]
-            if isinstance(value, (list, tuple)):
-                value = " ".join(str(v) for v in value)
-            f.write(f"{key} {value}\n")
-    os.replace(tmp, path)
 
 
 def write_kaldi_dir(path: str, kd: KaldiDir) -> None:

@@ -1,43 +1,43 @@
-"""Every dump as a lhotse ``CutSet``: ``cuts.jsonl.gz`` beside ``<name>.scp``, pointing into the same arks.
+"""Every dump as a lhotse ``CutSet``: ``cuts.jsonl.gz`` beside ``<name>.scp``, read by plain lhotse.
 
 Each cut carries the dump as a custom field named after it (``s3_tokens``, ``st_codes``, ``km_labels``,
-``feats``): a ``TemporalArray`` (time on axis 0, the model's frame shift, ``start`` = the cut's start in
-its recording) whose storage is the dump's own ark record (``stok.dump.lhotse_storage``): nothing is
-copied, and ``cut.load_<name>()`` returns exactly the stored array (tokens and codes as int32, features
-as float32). Cut ids, recordings and supervisions come from stage 0's manifests where they exist, else
-from the dump's Kaldi dir / wav.scp (``stok.dump.cut_sources``). Only utterances in the scp get a cut
-(failed ones are absent); the dump's summary JSON gets ``cuts_written`` and a ``cuts`` block.
+``feats``): a lhotse ``Array`` in one of lhotse's own storage types, plus ``<name>_frame_shift``
+(:mod:`stok.dump.cut_fields`): ``cut.load_<name>()`` returns the whole record, every frame, in a Python
+that has lhotse, ``kaldi_native_io`` and ``h5py`` and no stok. Cut ids, recordings and supervisions come from
+stage 0's manifests where they exist, else from the dump's Kaldi dir / wav.scp (``stok.dump.cut_sources``).
+Only utterances in the scp get a cut (failed ones are absent); the dump's summary JSON gets
+``cuts_written`` and a ``cuts`` block.
 
-Hooks: :func:`write_dump_cuts` (the dump engine, rank 0, after the merge) and :func:`write_label_cuts`
-(k-means labels computed from a feature dump). ``--overwrite`` removes the cut set with the dump's outputs.
+At scale (281k utterances) the writer holds the index (keys, locations, shapes) and streams the rest: the
+record headers are read in offset order, the ``<name>.h5`` copy of int32 records is written by a child process
+meanwhile, each line is made from plain dicts with its recording's JSON made once per recording, and gzip runs
+in a second thread. Crash-safe: ``<name>.h5`` and ``cuts.jsonl.gz`` are written under temporary names and
+renamed, the copy first; a failed or killed write leaves the previous ones.
+
+Hook: :func:`write_dump_cuts` (the dump engine, after the merge), with the cut source of the dump's input
+(:mod:`stok.dump.inputs`). ``--overwrite`` removes the cut set and the copy with the dump's outputs.
 """
 
 from __future__ import annotations
 
+import glob
+import gzip
 import json
 import logging
 import os
-from collections import defaultdict
-from typing import Dict, Optional, Tuple
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import List, Optional
 
-from lhotse import CutSet
-from lhotse.array import Array, TemporalArray, seconds_to_frames
-from lhotse.cut import Cut
-
-from stok.data.kaldi_dir import KaldiDir, read_kaldi_dir, read_segments, read_wav_scp
-from stok.dump.ark_record import read_shape, split_location
-from stok.dump.cut_sources import ChainSource, DumpCuts, FramesOnlyCuts, KaldiCuts, ManifestCuts, find_manifest, \
-    load_manifest
-from stok.dump.lhotse_storage import CODES_STORAGE_TYPE, STORAGE_TYPE, make_key
-from stok.dump.merge import read_failed
-from stok.dump.storage import read_scp_entries
-from stok.fileio import atomic_open
-from stok.models.frames import HOP, SAMPLE_RATE
+from stok.core.failed import read_failed
+from stok.core.fileio import atomic_open
+from stok.core.storage import read_scp_entries
+from stok.dump.cut_fields import RecordCopy, field, h5_name, scan_records
+from stok.dump.cut_sources import ChainSource
+from stok.dump.outputs import CUTS_FILE
 
 log = logging.getLogger("stok.dump")
 
-CUTS_FILE = "cuts.jsonl.gz"
-CODE_DUMPS = ("st_codes",)  # integer matrices stored as float32: loaded back as int32
+GZIP_LEVEL = 6  # zlib's default: 2.2x faster than gzip's 9 on cut sets, 2% larger
 
 
 def frame_shift_of(meta: dict) -> Optional[float]:
@@ -53,55 +53,91 @@ def frame_shift_of(meta: dict) -> Optional[float]:
     return frame_shift_of(meta.get("teacher"))
 
 
-def field_array(location: str, shape: Tuple[int, ...], frame_shift: float, cut: Cut, codes: bool) -> TemporalArray:
-    """The ``TemporalArray`` of one ark record, for ``cut`` (see ``stok.dump.lhotse_storage`` for the key)."""
-    path, offset = split_location(location)
-    cut_frames = seconds_to_frames(cut.duration, frame_shift)
-    array = Array(storage_type=CODES_STORAGE_TYPE if codes else STORAGE_TYPE, storage_path=path,
-                  storage_key=make_key(offset, cut_frames if cut_frames < shape[0] else None), shape=list(shape))
-    return TemporalArray(array=array, temporal_dim=0, frame_shift=frame_shift, start=cut.start)
+class GzipLines:
+    """Text lines into a gzip file; the compression of each ~1 MB block runs in a second thread (zlib and
+    crc32 release the GIL) while the next block is made."""
+
+    BLOCK = 1 << 20
+
+    def __init__(self, path: str, level: int = GZIP_LEVEL):
+        self.raw = open(path, "wb")
+        self.gz = gzip.GzipFile(fileobj=self.raw, mode="wb", compresslevel=level, mtime=0)
+        self.pool = ThreadPoolExecutor(1)
+        self.pending: Optional[Future] = None
+        self.lines: List[str] = []
+        self.size = 0
+
+    def write(self, line: str) -> None:
+        self.lines.append(line)
+        self.size += len(line)
+        if self.size >= self.BLOCK:
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        data = "".join(self.lines).encode("utf-8")
+        self.lines, self.size = [], 0
+        if self.pending is not None:
+            self.pending.result()
+        self.pending = self.pool.submit(self.gz.write, data)
+
+    def close(self) -> None:
+        try:
+            self._hand_over()
+            self.pending.result()
+            self.gz.close()
+            self.raw.flush()
+            os.fsync(self.raw.fileno())
+        finally:
+            self.pool.shutdown()
+            self.raw.close()
 
 
-def read_shapes(entries: Dict[str, str]) -> Dict[str, Tuple[int, ...]]:
-    """Shape of every record, from its header; each ark is opened once and read in offset order."""
-    by_ark = defaultdict(list)
-    for key, loc in entries.items():
-        path, offset = split_location(loc)
-        by_ark[path].append((offset, key))
-    shapes = {}
-    for path, items in by_ark.items():
-        with open(path, "rb") as fd:
-            for offset, key in sorted(items):
-                shapes[key] = read_shape(fd, offset, f"{path}:{offset}")[0]
-    return shapes
-
-
-def write_cut_set(out_dir: str, name: str, frame_shift: float, source: ChainSource, codes: bool = False) -> dict:
-    """Write ``<out_dir>/cuts.jsonl.gz`` for the entries of ``<out_dir>/<name>.scp``; returns what was written."""
+def write_cut_set(out_dir: str, name: str, frame_shift: float, source: ChainSource) -> dict:
+    """Write ``<out_dir>/cuts.jsonl.gz`` (and ``<name>.h5`` for int32 records) for the entries of
+    ``<out_dir>/<name>.scp``; returns what was written."""
     failed = read_failed(os.path.join(out_dir, "failed.list"))
     entries = {k: v for k, v in read_scp_entries([os.path.join(out_dir, f"{name}.scp")]).items() if k not in failed}
-    shapes = read_shapes(entries)
-    source.prepare(list(entries))
+    del failed
     path = os.path.join(out_dir, CUTS_FILE)
     tmp = os.path.join(out_dir, f"cuts.tmp{os.getpid()}.jsonl.gz")
-    off = []
+    h5_path = os.path.abspath(h5_name(out_dir, name))
+    for stale in glob.glob(glob.escape(os.path.join(out_dir, "cuts.tmp")) + "*.jsonl.gz") + glob.glob(
+            glob.escape(h5_path + ".tmp") + "*"):  # left by a killed run (the engine holds the dump's lock)
+        os.remove(stale)
+    copy = RecordCopy(h5_path)
+    off: List[str] = []
+    off_frames = 0
     try:
-        with CutSet.open_writer(tmp) as writer:
+        records = scan_records(entries, copy)
+        copy.start()
+        source.prepare(entries)
+        out = GzipLines(tmp)
+        try:
             for key, loc in entries.items():
-                shape = shapes[key]
-                cut = source.cut(key, shape[0], frame_shift)
-                if abs(shape[0] * frame_shift - cut.duration) >= frame_shift + 1e-6:
+                record = records[key]
+                frames = record[0][0]
+                cut = source.entry(key, frames, frame_shift)
+                if abs(frames * frame_shift - cut.fields["duration"]) >= frame_shift + 1e-6:
+                    if not off:
+                        off_frames = frames
                     off.append(key)
-                writer.write(cut.with_custom(name, field_array(loc, shape, frame_shift, cut, codes)))
+                out.write(cut.line(field(name, key, loc, record, h5_path, frame_shift)))
+        finally:
+            out.close()
+        copied = copy.commit()  # the copy is in place before the cut set that points into it
         os.replace(tmp, path)
     finally:
+        copy.discard()
         if os.path.exists(tmp):
             os.remove(tmp)
     if off:
         log.warning("%s: %d cuts differ from their %d-frame arrays by more than one frame (frame shift %.4f s), "
-                    "e.g. %s; is the frame rate right?", path, len(off), shapes[off[0]][0], frame_shift, off[0])
-    return {"path": os.path.abspath(path), "field": name, "frame_shift": frame_shift, "written": len(entries),
+                    "e.g. %s; is the frame rate right?", path, len(off), off_frames, frame_shift, off[0])
+    info = {"path": os.path.abspath(path), "field": name, "frame_shift": frame_shift, "written": len(entries),
             "sources": dict(source.counts), "off_by_more_than_one_frame": len(off)}
+    if copied:
+        info["copy"] = {"path": h5_path, "arrays": copied}
+    return info
 
 
 def record_in_summary(out_dir: str, name: str, info: dict, summary: Optional[dict] = None) -> None:
@@ -119,81 +155,24 @@ def record_in_summary(out_dir: str, name: str, info: dict, summary: Optional[dic
         json.dump(summary, f, indent=2)
 
 
-def _dump_input(args) -> Tuple[KaldiDir, str]:
-    if args.data_dir:
-        return read_kaldi_dir(args.data_dir), args.data_dir
-    wav_scp = read_wav_scp(args.wav_scp)
-    segments = read_segments(args.segments, wav_scp) if args.segments else None
-    return KaldiDir(wav_scp=wav_scp, segments=segments), args.wav_scp
-
-
-def manifest_for(args) -> Tuple[Optional[str], str]:
-    """Stage 0's manifest for the dump's input: ``--manifest_dir`` (default: ``manifests`` beside the data
-    dir, i.e. ``data/manifests`` for ``data/<split>``), file ``*_cuts_<split>.jsonl.gz``."""
-    data = os.path.abspath(args.data_dir or os.path.dirname(os.path.abspath(args.wav_scp)))
-    split = os.path.basename(os.path.normpath(data))
-    manifest_dir = getattr(args, "manifest_dir", None) or os.path.join(os.path.dirname(os.path.normpath(data)), "manifests")
-    if not os.path.isdir(manifest_dir):
-        return None, f"no directory {manifest_dir}"
-    return find_manifest(manifest_dir, split)
-
-
-def write_dump_cuts(args, out_dir: str, name: str, summary: dict) -> dict:
-    """The dump engine's hook (rank 0, after the merge): the cut set of the dump in ``out_dir``; ``summary``
-    (the merged summary, holding the model's ``describe()`` under ``model``) gets ``cuts_written`` and
-    ``cuts`` and is written again."""
+def write_dump_cuts(out_dir: str, name: str, summary: dict, source: ChainSource) -> dict:
+    """The dump engine's hook (after the merge): the cut set of the dump in ``out_dir``, cuts from ``source``
+    (:meth:`stok.dump.inputs.AudioInput.cut_source` ...); ``summary`` (the merged summary, holding the model's
+    ``describe()`` under ``model``) gets ``cuts_written`` and ``cuts`` and is written again."""
     model_meta = summary.get("model") or {}
     frame_shift = frame_shift_of(model_meta)
     if frame_shift is None:
         info = {"written": 0, "skipped": "the model's describe() gives no frame_rate/token_rate"}
         log.warning("%s: no cut set written: %s", out_dir, info["skipped"])
-        if os.path.exists(os.path.join(out_dir, CUTS_FILE)):  # one left by an earlier run would be stale
-            os.remove(os.path.join(out_dir, CUTS_FILE))
+        for stale in (os.path.join(out_dir, CUTS_FILE), h5_name(out_dir, name)):  # left by an earlier run
+            if os.path.exists(stale):
+                os.remove(stale)
         record_in_summary(out_dir, name, info, summary)
         return info
-    kd, where = _dump_input(args)
-    manifest, why = manifest_for(args)
-    if manifest is None and getattr(args, "manifest_dir", None):
-        log.warning("--manifest_dir %s: %s; cuts are built from %s", args.manifest_dir, why, where)
-    manifest_cuts = ManifestCuts(load_manifest(manifest), manifest, kd.segments) if manifest else None
-    source = ChainSource([manifest_cuts, KaldiCuts(kd, where)])
-    info = write_cut_set(out_dir, name, frame_shift, source, codes=name in CODE_DUMPS or "codebook_size" in model_meta)
+    info = write_cut_set(out_dir, name, frame_shift, source)
+    if model_meta.get("frame_shift_from"):
+        info["frame_shift_from"] = model_meta["frame_shift_from"]
     record_in_summary(out_dir, name, info, summary)
     log.info("%s: %d cuts (%s) -> %s", name, info["written"],
              ", ".join(f"{n} from {s}" for s, n in info["sources"].items()) or "none", info["path"])
-    return info
-
-
-def _feats_frame_shift(feats_scp: str, feats_cuts: Optional[DumpCuts]) -> Tuple[float, str]:
-    if feats_cuts is not None:
-        for c in feats_cuts.by_id.values():
-            for v in (c.custom or {}).values():
-                if isinstance(v, TemporalArray):
-                    return v.frame_shift, feats_cuts.path
-            break
-    stem = os.path.splitext(os.path.abspath(feats_scp))[0]
-    try:
-        with open(stem + ".summary.json") as f:
-            shift = frame_shift_of(json.load(f).get("model"))
-        if shift:
-            return shift, stem + ".summary.json"
-    except (OSError, ValueError):
-        pass
-    return HOP / SAMPLE_RATE, "stok's frame rule (stok.models.frames)"
-
-
-def write_label_cuts(out_dir: str, name: str, feats_scp: str, summary: Optional[dict] = None) -> dict:
-    """k-means labels of a feature dump: the feature dump's cuts (``cuts.jsonl.gz`` beside ``feats_scp``) with
-    the labels instead of the features; without them, cuts without audio. ``summary`` (default: read from
-    ``<name>.summary.json``) gets ``cuts_written`` and ``cuts`` and is written again."""
-    path = os.path.join(os.path.dirname(os.path.abspath(feats_scp)), CUTS_FILE)
-    feats_cuts = DumpCuts(path) if os.path.isfile(path) else None
-    if feats_cuts is None:
-        log.warning("no %s beside %s: the label cuts carry no audio (dump the features with this stok to get it)",
-                    CUTS_FILE, feats_scp)
-    frame_shift, whence = _feats_frame_shift(feats_scp, feats_cuts)
-    info = write_cut_set(out_dir, name, frame_shift, ChainSource([feats_cuts, FramesOnlyCuts()]))
-    info["frame_shift_from"] = whence
-    record_in_summary(out_dir, name, info, summary)
-    log.info("%s: %d cuts -> %s", name, info["written"], info["path"])
     return info

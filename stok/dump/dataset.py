@@ -1,19 +1,21 @@
-"""Per-utterance loading in DataLoader workers: read audio, resample, run ``model.prepare``, collate.
+"""Per-item loading in DataLoader workers: read audio (or a feature matrix), run ``model.prepare``, collate.
 
-Bad input never stops a dump: an unreadable, empty, truncated or too-short utterance comes back
-as a failure ``(utt_id, reason)`` in its batch, and the engine lists it in ``failed.list``.
+Bad input never stops a dump: an unreadable, empty, truncated or too-short item comes back as a failure
+``(key, reason)`` in its batch, and the engine lists it in ``failed.list``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence, Tuple
+from typing import BinaryIO, Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 
+from stok.core.ark import read_array, split_location
+from stok.core.model_api import BadInput, DumpModel, TooShort
 from stok.data.audio import AudioError, load_audio
 from stok.data.kaldi_dir import Utterance
-from stok.dump.model_api import DumpModel, TooShort
 
 
 @dataclass
@@ -26,6 +28,8 @@ class Batch:
 
 
 class UtteranceDataset(torch.utils.data.Dataset):
+    """Audio of utterances, resampled to the model's rate, through ``model.prepare``."""
+
     def __init__(self, utts: Sequence[Utterance], model: DumpModel):
         self.utts = list(utts)
         self.model = model
@@ -40,6 +44,50 @@ class UtteranceDataset(torch.utils.data.Dataset):
             return u.utt_id, self.model.prepare(wave), wave.numel()
         except (AudioError, TooShort) as e:
             return u.utt_id, None, f"{type(e).__name__}: {e}"
+
+
+class FeatureDataset(torch.utils.data.Dataset):
+    """Float matrices ``[T, D]`` of a feature scp (``path:offset`` records, or anything kaldiio reads), through
+    ``model.prepare``; the "samples" of an item are its frames."""
+
+    def __init__(self, entries: Sequence[Tuple[str, str]], model: DumpModel):
+        self.entries = list(entries)
+        self.model = model
+        self._fds: Dict[str, BinaryIO] = {}  # per worker process
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def _read(self, spec: str) -> np.ndarray:
+        try:
+            path, offset = split_location(spec)
+        except ValueError:
+            path = None
+        if path is None or not path or spec.rstrip().endswith("|"):
+            import kaldiio
+
+            return np.asarray(kaldiio.load_mat(spec))
+        fd = self._fds.get(path)
+        if fd is None:
+            if len(self._fds) >= 64:
+                for f in self._fds.values():
+                    f.close()
+                self._fds.clear()
+            fd = self._fds[path] = open(path, "rb")
+        return read_array(fd, offset, spec)[0]
+
+    def __getitem__(self, i: int):
+        key, spec = self.entries[i]
+        try:
+            mat = self._read(spec)
+        except Exception as e:  # noqa: BLE001 - every unreadable entry is listed with its reason
+            return key, None, f"unreadable: {type(e).__name__}: {e}"
+        if mat.ndim != 2:
+            return key, None, f"not a feature matrix: shape {mat.shape}"
+        try:
+            return key, self.model.prepare(torch.from_numpy(np.require(mat, np.float32, ["C", "W"]))), len(mat)
+        except BadInput as e:
+            return key, None, str(e)
 
 
 class Collate:

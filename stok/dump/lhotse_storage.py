@@ -1,20 +1,20 @@
-"""stok's dump records as a lhotse storage type: a cut's ``TemporalArray`` points into the dump's own ark.
+"""lhotse readers of the cut sets that earlier stok versions wrote (``TemporalArray`` fields in stok's own storage).
 
-Importing this module registers two lhotse readers (import it, or anything of ``stok.dump.cuts``, before
-loading a stok cut set, also in DataLoader workers started with ``spawn``):
+Cut sets written now need none of this: their fields are in lhotse's own storage types
+(:mod:`stok.dump.cut_fields`). Cut sets of earlier stok versions point into the dump's ark with two storage
+types that only this module's readers know; importing it registers them with lhotse (``stok-export-shar``
+does), so those cut sets still load:
 
 - ``stok_kaldi_ark``: the record as stored: int32 vectors (S3 tokens, k-means labels) as int32,
   float matrices (features) as float32;
 - ``stok_kaldi_ark_codes``: integer code matrices (SpeechTokenizer codes, stored as exact float32 matrices)
   as int32 ``[T, n_q]``; a record that does not hold exact integers is an error (earlier stok versions'
-  two-byte compressed code records are rounded within 2^-7, as ``stok.dump.storage.load_codes`` does).
+  two-byte compressed code records are rounded within 2^-7, as ``stok.core.storage.load_codes`` does).
 
 ``storage_path`` is the ark file; ``storage_key`` is the record's byte offset (the number after the colon in
-the scp), optionally followed by ``:<frames>``: lhotse cuts a temporal array at ``round(duration /
-frame_shift)`` frames, while stok's models give a frame to every started hop (``ceil``), so a whole cut would
-lose its last frame. ``<frames>`` is lhotse's frame count for the whole cut, and a read that reaches it
-returns every frame to the end of the record: ``cut.load_<field>()`` is exactly the array in the ark, and
-reads of a truncated part of the cut (``cut.truncate``) stay lhotse's.
+the scp), optionally followed by ``:<frames>``, lhotse's frame count for the whole cut: a read that reaches it
+returns every frame to the end of the record (lhotse cuts a temporal array at ``round(duration /
+frame_shift)`` frames, stok's models give a frame to every started hop).
 """
 
 from __future__ import annotations
@@ -24,15 +24,11 @@ from typing import Optional, Tuple
 import numpy as np
 from lhotse.features.io import FeaturesReader, register_reader
 
-from stok.dump.ark_record import COMPRESSED, read_array
-from stok.dump.storage import to_codes
+from stok.core.ark import COMPRESSED, read_array
+from stok.core.storage import to_codes
 
 STORAGE_TYPE = "stok_kaldi_ark"
 CODES_STORAGE_TYPE = "stok_kaldi_ark_codes"
-
-
-def make_key(offset: int, cut_frames: Optional[int] = None) -> str:
-    return str(int(offset)) if cut_frames is None else f"{int(offset)}:{int(cut_frames)}"
 
 
 def parse_key(key: str) -> Tuple[int, Optional[int]]:

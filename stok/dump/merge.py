@@ -1,7 +1,9 @@
-"""End of a dump (rank 0): merge the ranks' scp shards, failure lists and summaries into one output.
+"""End of a dump (rank 0, or a ``--merge_only`` run): merge the shards' scps, failure lists and summaries.
 
 ``<name>.scp`` is sorted by key and holds exactly one entry per written utterance; ``failed.list``
-holds ``utt<TAB>reason`` for what failed in the latest run and is still not written.
+holds ``utt<TAB>reason`` for what failed in the latest run and is still not written. Shards are the ranks of
+one ``torchrun`` run or the independent ``--shard i/N`` jobs: the same files either way, so the merged outputs
+are the same. :func:`unfinished_shards` tells which shards of N have not finished their part.
 """
 
 from __future__ import annotations
@@ -9,45 +11,13 @@ from __future__ import annotations
 import glob
 import json
 import os
-import re
-from typing import Dict, List
+from typing import Dict, List, Optional
 
-from stok.data.kaldi_dir import sort_keys
-from stok.dump.storage import load_codes, read_scp_entries
-from stok.fileio import atomic_open
-
-
-def shard_scps(out_dir: str, name: str) -> List[str]:
-    pat = re.compile(re.escape(name) + r"\.\d+\.scp$")
-    return sorted(p for p in glob.glob(os.path.join(out_dir, f"{name}.*.scp")) if pat.search(p))
-
-
-def done_keys(out_dir: str, name: str) -> set:
-    return set(read_scp_entries(shard_scps(out_dir, name)))
-
-
-def remove_outputs(out_dir: str, name: str) -> None:
-    patterns = [f"{name}.*", "failed.*list", "cuts.jsonl.gz"]  # the cut set points into the arks removed here
-    for pat in patterns:
-        for p in glob.glob(os.path.join(out_dir, pat)):
-            os.remove(p)
-
-
-def read_failed(path: str) -> Dict[str, str]:
-    out = {}
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                key, _, reason = line.rstrip("\n").partition("\t")
-                if key:
-                    out[key] = reason
-    return out
-
-
-def write_failed(path: str, failures: Dict[str, str]) -> None:
-    with atomic_open(path, "w") as f:
-        for key in sort_keys(failures):
-            f.write(f"{key}\t{failures[key]}\n")
+from stok.core.failed import read_failed, write_failed
+from stok.core.fileio import atomic_open
+from stok.core.storage import load_codes, read_scp_entries
+from stok.core.tables import sort_keys
+from stok.dump.outputs import shard_scps
 
 
 def write_text(scp_path: str, txt_path: str) -> None:
@@ -65,7 +35,7 @@ def merge(out_dir: str, name: str, world: int, text_output: bool, meta: dict) ->
             f.write(f"{key} {entries[key]}\n")
 
     failures: Dict[str, str] = {}
-    for path in glob.glob(os.path.join(out_dir, "failed.*.list")):
+    for path in glob.glob(os.path.join(glob.escape(out_dir), "failed.*.list")):
         rank = int(path.rsplit(".", 2)[-2])
         if rank >= world:  # left by an earlier run with more ranks: its utterances were retried now
             os.remove(path)
@@ -74,12 +44,7 @@ def merge(out_dir: str, name: str, world: int, text_output: bool, meta: dict) ->
     failures = {k: v for k, v in failures.items() if k not in entries}
     write_failed(os.path.join(out_dir, "failed.list"), failures)
 
-    ranks = []
-    for r in range(world):
-        p = os.path.join(out_dir, f"{name}.summary.{r}.json")
-        if os.path.exists(p):
-            with open(p) as f:
-                ranks.append(json.load(f))
+    ranks = [s for s in (read_shard_summary(out_dir, name, r) for r in range(world)) if s is not None]
     total = lambda k: sum(s[k] for s in ranks)  # noqa: E731
     wall = max((s["wall_seconds"] for s in ranks), default=0.0)
     audio = total("audio_seconds")
@@ -106,3 +71,39 @@ def merge(out_dir: str, name: str, world: int, text_output: bool, meta: dict) ->
         write_text(scp_path, os.path.join(out_dir, f"{name}.txt"))
     return summary
 
+
+
+def shard_summary_path(out_dir: str, name: str, rank: int) -> str:
+    return os.path.join(out_dir, f"{name}.summary.{rank}.json")
+
+
+def read_shard_summary(out_dir: str, name: str, rank: int) -> Optional[dict]:
+    try:
+        with open(shard_summary_path(out_dir, name, rank)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def shards_world(out_dir: str, name: str, fingerprint_id: str) -> Optional[int]:
+    """N of the newest finished shard summary made by this fingerprint, or None."""
+    found = []
+    for p in glob.glob(os.path.join(glob.escape(out_dir), f"{glob.escape(name)}.summary.*.json")):
+        try:
+            with open(p) as f:
+                s = json.load(f)
+        except (OSError, ValueError):
+            continue
+        if s.get("fingerprint_id") == fingerprint_id and isinstance(s.get("world"), int):
+            found.append((os.path.getmtime(p), s["world"]))
+    return max(found)[1] if found else None
+
+
+def unfinished_shards(out_dir: str, name: str, world: int, fingerprint_id: str) -> List[int]:
+    """Shards of ``world`` with no finished summary made by this fingerprint (``fingerprint_id``)."""
+    out = []
+    for r in range(world):
+        s = read_shard_summary(out_dir, name, r)
+        if s is None or s.get("world") != world or s.get("fingerprint_id") != fingerprint_id:
+            out.append(r)
+    return out

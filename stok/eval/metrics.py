@@ -1,7 +1,7 @@
 """Per-utterance reconstruction metrics: multi-resolution log-mel distance, SI-SNR, STOI; codebook usage.
 
 - ``mel_distance``: mean over the trainer's four log-mel resolutions (80 mels; n_fft/hop 1024/240 .. 128/30,
-  as ``stok.train.losses.MelLoss``) of the L1 distance between log-mels, unweighted: the dev metric of
+  as ``stok.models.speechtokenizer.mel.MelLoss``) of the L1 distance between log-mels, unweighted: the dev metric of
   stage 3 at every resolution, so numbers from training and evaluation compare.
 - ``si_snr``: scale-invariant signal-to-noise ratio in dB (both signals made zero-mean).
 - ``stoi``: short-time objective intelligibility from ``pystoi`` when it is installed, else None.
@@ -16,13 +16,12 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
-from stok.train.config import LossConfig
-from stok.train.losses import MelLoss
+from stok.models.speechtokenizer.mel import MelLoss, MelSettings
 
 
 class MelDistance:
     def __init__(self, sample_rate: int, device: torch.device):
-        self.loss = MelLoss(LossConfig(), sample_rate).to(device)
+        self.loss = MelLoss(MelSettings(), sample_rate).to(device)
 
     @torch.no_grad()
     def __call__(self, ref: torch.Tensor, est: torch.Tensor) -> float:

@@ -1,88 +1,77 @@
 """Stage 1 teachers as dump-engine models: HuBERT (one layer or the layer average) or weight-free MFCC.
 
-``add_teacher_args(parser)`` declares the options; ``build_teacher(args, device)`` returns a
-:class:`~stok.dump.model_api.DumpModel` whose ``encode`` gives one float32 ``[T, D]`` array per utterance with
-``T = codec_frames(num_samples)`` (:mod:`stok.models.frames`: HuBERT's and the MFCC's ``floor((n-400)/320)+1``
+:class:`TeacherSettings` holds the options (command line and YAML alike); ``build_teacher(settings, device)`` returns a
+:class:`~stok.core.model_api.DumpModel` whose ``encode`` gives one float32 ``[T, D]`` array per utterance with
+``T = codec_frames(num_samples)`` (:mod:`stok.core.frames`: HuBERT's and the MFCC's ``floor((n-400)/320)+1``
 frames, padded by repeating the last row to ``ceil(n / 320)``). The same object serves other callers:
 
 - ``teacher.extract(wav [B, T], lengths [B])`` -> list of aligned ``[T_i, D]`` float32 tensors on the device
   (the trainer's online teacher; k-means labels straight from audio);
 - ``teacher.extract_waves([w1, w2, ...])`` for a list of 1-D waveforms.
 
-``build_teacher`` also takes keyword arguments instead of a parsed namespace:
-``build_teacher("hubert", device="cuda", checkpoint="hubert_base_ls960.pt", layer="avg")``.
+In code: ``build_teacher(TeacherSettings(teacher="hubert", checkpoint="hubert_base_ls960.pt", layer="9"), "cuda")``,
+or ``build_teacher("mfcc")``.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
-from typing import Any, Iterator, List, Optional, Sequence, Union
+from dataclasses import dataclass
+from typing import Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
-from stok.cli import UserError
-from stok.dump.model_api import DumpModel, TooShort
-from stok.models.frames import HOP, align_teacher, codec_frames
+from stok.core.frames import HOP, align_teacher, codec_frames
+from stok.core.model_api import DumpModel, TooShort
+from stok.core.settings import Settings, SettingsError, setting
+from stok.models.hubert import FORMATS as HUBERT_FORMATS
+from stok.models.hubert.configs import CONFIG_NAMES as HUBERT_CONFIG_NAMES
 
 log = logging.getLogger("stok.teacher")
 TEACHERS = ("hubert", "mfcc")
 MIN_SAMPLES = 400  # one HuBERT/MFCC frame
 
 
-def add_teacher_args(parser: argparse.ArgumentParser) -> None:
-    from stok.models.hubert import FORMATS
-    from stok.models.hubert.configs import CONFIG_NAMES
+@dataclass
+class TeacherSettings(Settings):
+    """What a stage 1 teacher takes: ``--teacher ...`` options of the dump tools, ``teacher.online_*`` in YAML."""
 
-    g = parser.add_argument_group("teacher")
-    g.add_argument("--teacher", choices=TEACHERS, default="hubert",
-                   help="hubert (needs --checkpoint) or mfcc (39-dim MFCC + deltas at 50 Hz, no weights)")
-    g.add_argument("--checkpoint", default=None,
-                   help="HuBERT weights: a fairseq .pt, a Hugging Face dir (config.json + pytorch_model.bin or "
-                        "model.safetensors), a torchaudio state dict, or a torchaudio bundle name (HUBERT_BASE ...)")
-    g.add_argument("--checkpoint_format", choices=FORMATS, default="auto",
-                   help="how to read --checkpoint (auto: a dir is hf, a bare name a bundle, a file is inspected)")
-    g.add_argument("--hubert_config", choices=("auto",) + CONFIG_NAMES, default="auto",
-                   help="architecture for what the checkpoint does not say (heads, pre/post-LN); "
-                        "auto: its own config, else the preset of the same width")
-    g.add_argument("--layer", default="avg",
-                   help="HuBERT output: a 1-based transformer layer (9: fairseq output_layer=9) or avg "
-                        "(mean of all hidden states incl. the transformer input: the released SpeechTokenizer's teacher)")
-    g.add_argument("--normalize_waveform", choices=("auto", "true", "false"), default="auto",
-                   help="normalise each waveform to zero mean, unit variance first (auto: as the checkpoint says; "
-                        "fairseq task.normalize, HF do_normalize; else true for large/xlarge, false for base)")
-    g.add_argument("--max_chunk_seconds", type=float, default=100.0,
-                   help="longer inputs go through HuBERT in frame-aligned chunks of at most this length "
-                        "(fairseq max_chunk: 100 s); 0: whole files")
-    g.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32",
-                   help="HuBERT compute precision (autocast; features are stored as float32 either way)")
-    g.add_argument("--frontend", choices=("auto", "per_item", "batched"), default="auto",
-                   help="HuBERT conv front end: per utterance, or batched with per-utterance GroupNorm "
-                        "statistics (both exact; auto: batched on CUDA)")
+    teacher: str = setting("hubert", choices=TEACHERS,
+                           help="hubert (needs --checkpoint) or mfcc (39-dim MFCC + deltas at 50 Hz, no weights)")
+    checkpoint: Optional[str] = setting(
+        None, help="HuBERT weights: a fairseq .pt, a Hugging Face dir (config.json + pytorch_model.bin or "
+                   "model.safetensors), a torchaudio state dict, or a torchaudio bundle name (HUBERT_BASE ...)")
+    checkpoint_format: str = setting(
+        "auto", choices=HUBERT_FORMATS,
+        help="how to read --checkpoint (auto: a dir is hf, a bare name a bundle, a file is inspected)")
+    hubert_config: str = setting(
+        "auto", choices=("auto",) + HUBERT_CONFIG_NAMES,
+        help="architecture for what the checkpoint does not say (heads, pre/post-LN); auto: its own config, else "
+             "the preset of the same width")
+    layer: str = setting(
+        "avg", help="HuBERT output: a 1-based transformer layer (9: fairseq output_layer=9) or avg (mean of all "
+                    "hidden states incl. the transformer input: the released SpeechTokenizer's teacher)")
+    normalize_waveform: str = setting(
+        "auto", choices=("auto", "true", "false"),
+        help="normalise each waveform to zero mean, unit variance first (auto: as the checkpoint says; fairseq "
+             "task.normalize, HF do_normalize; else true for large/xlarge, false for base)")
+    max_chunk_seconds: float = setting(
+        100.0, minimum=0, help="longer inputs go through HuBERT in frame-aligned chunks of at most this length "
+                               "(fairseq max_chunk: 100 s); 0: whole files")
+    dtype: str = setting("float32", choices=("float32", "float16", "bfloat16"),
+                         help="HuBERT compute precision (autocast; features are stored as float32 either way)")
+    frontend: str = setting(
+        "auto", choices=("auto", "per_item", "batched"),
+        help="HuBERT conv front end: per utterance, or batched with per-utterance GroupNorm statistics (both "
+             "exact; auto: batched on CUDA)")
 
-
-def teacher_defaults() -> dict:
-    p = argparse.ArgumentParser(add_help=False)
-    add_teacher_args(p)
-    return vars(p.parse_args([]))
-
-
-def _options(args: Any, overrides: dict) -> argparse.Namespace:
-    opts = teacher_defaults()
-    if isinstance(args, str):
-        opts["teacher"] = args
-    elif isinstance(args, argparse.Namespace):
-        opts.update({k: v for k, v in vars(args).items() if k in opts})
-    elif isinstance(args, dict):
-        opts.update(args)
-    elif args is not None:
-        raise TypeError(f"build_teacher: args must be a Namespace, a dict or a teacher name, got {type(args).__name__}")
-    unknown = set(overrides) - set(opts)
-    if unknown:
-        raise UserError(f"unknown teacher option(s) {sorted(unknown)}; known: {', '.join(sorted(opts))}")
-    opts.update(overrides)
-    return argparse.Namespace(**opts)
+    def validate(self) -> None:
+        if self.teacher == "hubert" and not self.checkpoint:
+            raise SettingsError(f"{self.setting_name('teacher')} hubert needs {self.setting_name('checkpoint')} (a "
+                                "fairseq .pt such as hubert_base_ls960.pt, a Hugging Face dir, a torchaudio state "
+                                f"dict, or a bundle name like HUBERT_BASE); {self.setting_name('teacher')} mfcc needs "
+                                "no weights")
 
 
 class Teacher(DumpModel):
@@ -91,6 +80,10 @@ class Teacher(DumpModel):
     sample_rate = 16000
     min_samples = MIN_SAMPLES
     float_output = True
+    # on CPU HuBERT's matrix products are as fast one utterance at a time as in batches, and batches of many frames
+    # only add padding and memory traffic (measured, HuBERT base, 2 cores: 20 s batches as fast as one at a time,
+    # 80 s batches 15% slower)
+    batch_seconds = {"cpu": 20.0, "cuda": 240.0}
     name = "teacher"
     dim = 0
 
@@ -199,7 +192,7 @@ class HubertTeacher(Teacher):
     def fingerprint(self) -> dict:
         """What a resumed feature dump must share: every setting that changes the features and the checksum of
         the weights (not their path or the front-end mode, which gives the same features)."""
-        from stok.dump.fingerprint import weights_checksum
+        from stok.core.checksums import weights_checksum
 
         d = self.describe()
         keep = ("model", "frame_rate", "layer", "num_layers", "dim", "normalize", "max_chunk", "dtype", "architecture")
@@ -254,40 +247,26 @@ class MfccTeacher(Teacher):
                 "frames": "ceil(samples/320)", "recipe": "kaldi mfcc 13 + deltas + delta-deltas (fairseq, but 50 Hz)"}
 
 
-def _check_choice(name: str, value: Any, choices: Sequence) -> None:
-    if value not in choices:
-        raise UserError(f"--{name} {value!r} is not one of {', '.join(str(c) for c in choices if c is not None)}")
-
-
-def build_teacher(args: Any = None, device: Union[str, torch.device, None] = "cpu", **overrides) -> Teacher:
-    """A :class:`Teacher` on ``device`` from parsed options (see :func:`add_teacher_args`), a dict, or a name + kwargs."""
-    opts = _options(args, overrides)
+def build_teacher(settings: Union[TeacherSettings, str], device: Union[str, torch.device, None] = "cpu") -> Teacher:
+    """A :class:`Teacher` on ``device`` from its settings (or a teacher name with default settings: ``"mfcc"``).
+    Errors name the settings as the user wrote them (``--layer`` on the command line, ``teacher.online_layer``
+    in a YAML config)."""
+    s = TeacherSettings(teacher=settings) if isinstance(settings, str) else settings
+    s.check()
     device = torch.device(device if device is not None else "cpu")
-    if opts.teacher == "mfcc":
+    if s.teacher == "mfcc":
         return MfccTeacher(device)
-    if opts.teacher != "hubert":
-        raise UserError(f"unknown teacher {opts.teacher!r}; choose from {', '.join(TEACHERS)}")
-    if not opts.checkpoint:
-        raise UserError("--teacher hubert needs --checkpoint (a fairseq .pt such as hubert_base_ls960.pt, "
-                         "a Hugging Face dir, a torchaudio state dict, or a bundle name like HUBERT_BASE)")
     from stok.models.hubert import load_hubert
     from stok.models.hubert.configs import describe_config
-    from stok.models.hubert.extract import HubertExtractor
+    from stok.models.hubert.extract import HubertExtractor, parse_layer
 
-    if opts.max_chunk_seconds < 0:
-        raise UserError(f"--max_chunk_seconds must be >= 0 (0: whole files), got {opts.max_chunk_seconds}")
-    loaded = load_hubert(opts.checkpoint, opts.checkpoint_format, opts.hubert_config)
-    _check_choice("normalize_waveform", str(opts.normalize_waveform).lower() if isinstance(
-        opts.normalize_waveform, str) else opts.normalize_waveform, ("auto", "true", "false", True, False, None))
-    _check_choice("dtype", opts.dtype, ("float32", "float16", "bfloat16", "fp32", "fp16", "bf16"))
-    _check_choice("frontend", opts.frontend, ("auto", "per_item", "batched"))
-    normalize = {"auto": None, "true": True, "false": False}[str(opts.normalize_waveform).lower()] \
-        if isinstance(opts.normalize_waveform, str) else opts.normalize_waveform
-    ext = HubertExtractor(loaded, layer=opts.layer, normalize=normalize,
-                          max_chunk=int(round(opts.max_chunk_seconds * 16000)), dtype=opts.dtype,
-                          frontend=opts.frontend)
+    loaded = load_hubert(s.checkpoint, s.checkpoint_format, s.hubert_config)
+    layer = parse_layer(s.layer, len(loaded.model.encoder.transformer.layers), s.setting_name("layer"))
+    normalize = {"auto": None, "true": True, "false": False}[s.normalize_waveform]
+    ext = HubertExtractor(loaded, layer=layer, normalize=normalize, max_chunk=int(round(s.max_chunk_seconds * 16000)),
+                          dtype=s.dtype, frontend=s.frontend)
     if device.type == "cpu" and ext.dtype == torch.float16:
-        log.warning("--dtype float16 on CPU is slow; use bfloat16 or float32")
+        log.warning("%s float16 on CPU is slow; use bfloat16 or float32", s.setting_name("dtype"))
     log.info("HuBERT teacher: %s (%s, %s), layer %s, waveform normalisation %s", loaded.source, loaded.fmt,
              describe_config(loaded.config), ext.layer, ext.normalize)
     return HubertTeacher(ext).to(device)

@@ -28,7 +28,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import torch
 
-from stok.fileio import atomic_torch_save, atomic_write_text
+from stok.core.fileio import atomic_torch_save, atomic_write_text
 
 log = logging.getLogger("stok.train")
 

@@ -10,8 +10,10 @@ The YAML file has one section per dataclass below::
     sched:   {...}        # ScheduleConfig (steps, validation, checkpoints, logging)
     teacher: {...}        # TeacherConfig (dumped features/labels, or an online teacher)
 
-Unknown keys are errors (a typo must not silently fall back to a default). The defaults are the
-released trainer's (``speechtokenizer`` 2024 ``spt_base_cfg.json``) unless a comment says otherwise.
+Each section is a typed settings class (:class:`stok.core.settings.Settings`: ``Settings.from_dict`` builds it,
+converting YAML's strings and ints to the declared types; choices and lower bounds are checked and errors name
+``section.key``). Unknown keys are errors (a typo must not silently fall back to a default). The defaults are the
+released trainer's (``speechtokenizer`` 2024 ``spt_base_cfg.json``) unless a help text says otherwise.
 ``--set section.key=value`` on the command line overrides single values (the value is parsed as YAML).
 """
 
@@ -25,42 +27,32 @@ from typing import Any, Dict, List, Optional
 
 import yaml
 
-from stok.cli import UserError
+from stok.core.settings import Settings, SettingsError, setting
+from stok.models.speechtokenizer.mel import MelSettings
 
 
-class ConfigError(UserError, ValueError):
-    """A bad training configuration; the message names the key."""
+#: a bad training configuration; the message names the key (the core settings error: one type for every setting)
+ConfigError = SettingsError
 
 
 @dataclass
-class LossConfig:
-    # multi-resolution log-mel L1: resolution i uses n_fft/2^i, hop/2^i, win/2^i (1024/240, 512/120, 256/60, 128/30)
-    mel_lambdas: List[float] = field(default_factory=lambda: [45.0, 1.0, 1.0, 1.0])
-    mel_n_fft: int = 1024
-    mel_hop: int = 240
-    mel_win: int = 1024
-    n_mels: int = 80
-    fmin: float = 0.0
-    fmax: Optional[float] = None  # None: sample_rate / 2 (the released ``fmax_for_loss: null``)
-    mel_l2_lambda: float = 0.0  # the paper's L1+L2 mel variant: weight of the added L2 (MSE) term per resolution
-    recon_lambda: float = 500.0  # time-domain L1
-    commit_lambda: float = 10.0
-    distill_lambda: float = 120.0
-    distill_type: str = "d_axis"  # d_axis | t_axis | kmeans
-    lambda_sim: float = 1.0  # t_axis: weight of the cosine term next to L1
-    n_units: int = 0  # kmeans: number of k-means clusters (labels in [0, n_units))
-    adv_type: str = "lsgan"  # lsgan (released) | hinge (paper)
-    adv_lambda: float = 1.0
-    feat_lambda: float = 2.0  # feature matching (the released code multiplies by 2 inside)
-    feat_norm: bool = False  # paper: each layer's L1 divided by mean |D(x)| of that layer
+class LossConfig(MelSettings, Settings):
+    # the mel_* fields (multi-resolution log-mel L1) come from MelSettings
+    recon_lambda: float = setting(500.0, help="weight of the time-domain L1")
+    commit_lambda: float = setting(10.0, help="weight of the RVQ commitment loss")
+    distill_lambda: float = setting(120.0, help="weight of the semantic distillation of RVQ-1")
+    distill_type: str = setting("d_axis", choices=("d_axis", "t_axis", "kmeans"),
+                                help="d_axis (released), t_axis, or kmeans (cross-entropy on k-means labels)")
+    lambda_sim: float = setting(1.0, help="t_axis: weight of the cosine term next to L1")
+    n_units: int = setting(0, help="kmeans: number of k-means clusters (labels in [0, n_units))")
+    adv_type: str = setting("lsgan", choices=("lsgan", "hinge"), help="lsgan (released) or hinge (paper)")
+    adv_lambda: float = setting(1.0, help="weight of the adversarial loss")
+    feat_lambda: float = setting(2.0, help="feature matching (the released code multiplies by 2 inside)")
+    feat_norm: bool = setting(False, help="paper: each layer's L1 divided by mean |D(x)| of that layer")
 
-    def check(self) -> None:
-        if self.distill_type not in ("d_axis", "t_axis", "kmeans"):
-            raise ConfigError(f"loss.distill_type must be d_axis, t_axis or kmeans, got {self.distill_type!r}")
+    def validate(self) -> None:
         if self.distill_type == "kmeans" and self.n_units <= 0:
             raise ConfigError("loss.distill_type kmeans needs loss.n_units (the number of k-means clusters)")
-        if self.adv_type not in ("lsgan", "hinge"):
-            raise ConfigError(f"loss.adv_type must be lsgan or hinge, got {self.adv_type!r}")
         if not self.mel_lambdas:
             raise ConfigError("loss.mel_lambdas must list at least one resolution")
         if self.mel_n_fft >> (len(self.mel_lambdas) - 1) < 16:
@@ -68,52 +60,47 @@ class LossConfig:
 
 
 @dataclass
-class DiscConfig:
-    mpd: bool = True
-    mpd_periods: List[int] = field(default_factory=lambda: [2, 3, 5, 7, 11])
-    msd: bool = True
-    msd_scales: int = 3
-    mstft: bool = True
-    mstft_filters: int = 32
-    mstft_n_ffts: List[int] = field(default_factory=lambda: [1024, 2048, 512, 256, 128])
-    mstft_hops: Optional[List[int]] = None  # None: n_fft // 4
-    width: float = 1.0  # scales MPD/MSD channel counts (1.0: the released 32..1024); small values for tiny runs
-    # the discriminators train, and the adversarial and feature-matching losses count, from this step on; before it
-    # the generator learns from mel + time L1 + commitment + distillation alone (0: from the first step, as released)
-    start_step: int = 0
+class DiscConfig(Settings):
+    mpd: bool = setting(True, help="multi-period discriminator")
+    mpd_periods: List[int] = setting(default_factory=lambda: [2, 3, 5, 7, 11], help="MPD periods")
+    msd: bool = setting(True, help="multi-scale discriminator")
+    msd_scales: int = setting(3, minimum=1, help="MSD scales")
+    mstft: bool = setting(True, help="multi-scale STFT discriminator")
+    mstft_filters: int = setting(32, minimum=1, help="MS-STFT channels")
+    mstft_n_ffts: List[int] = setting(default_factory=lambda: [1024, 2048, 512, 256, 128], help="MS-STFT n_fft")
+    mstft_hops: Optional[List[int]] = setting(None, help="MS-STFT hops (None: n_fft // 4)")
+    width: float = setting(1.0, help="scales MPD/MSD channel counts (1.0: the released 32..1024); small values for "
+                                     "tiny runs")
+    start_step: int = setting(
+        0, minimum=0, help="the discriminators train, and the adversarial and feature-matching losses count, from "
+                           "this step on; before it the generator learns from mel + time L1 + commitment + "
+                           "distillation alone (0: from the first step, as released)")
 
-    def check(self) -> None:
+    def validate(self) -> None:
         if not (self.mpd or self.msd or self.mstft):
             raise ConfigError("disc: at least one of mpd, msd, mstft must be true")
         if self.mstft_hops is not None and len(self.mstft_hops) != len(self.mstft_n_ffts):
             raise ConfigError("disc.mstft_hops must have one hop per n_fft")
         if not 0 < self.width <= 4:
             raise ConfigError("disc.width must be in (0, 4]")
-        if self.start_step < 0:
-            raise ConfigError("disc.start_step must be >= 0")
 
 
 @dataclass
-class OptimConfig:
-    optimizer: str = "adam"  # adam | adamw
-    lr: float = 1e-4
-    disc_lr: Optional[float] = None  # None: same as lr
-    betas: List[float] = field(default_factory=lambda: [0.9, 0.99])
-    weight_decay: float = 0.0
-    scheduler: str = "cosine"  # cosine | constant
-    warmup_steps: int = 0  # linear warm-up from 0 (none in the released trainer)
-    min_lr_ratio: float = 0.0  # cosine floor, as a fraction of lr
-    grad_clip: Optional[float] = None  # max global grad norm (None: no clipping, as released)
-    amp: str = "none"  # none | bf16 | fp16 (GPU only; ignored with a warning on CPU)
-    ema_decay: Optional[float] = None  # generator weight EMA (None: off, as released)
+class OptimConfig(Settings):
+    optimizer: str = setting("adam", choices=("adam", "adamw"), help="adam (released) or adamw")
+    lr: float = setting(1e-4, minimum=0, help="learning rate of the generator")
+    disc_lr: Optional[float] = setting(None, minimum=0, help="learning rate of the discriminators (None: lr)")
+    betas: List[float] = setting(default_factory=lambda: [0.9, 0.99], help="Adam betas")
+    weight_decay: float = setting(0.0, minimum=0, help="weight decay")
+    scheduler: str = setting("cosine", choices=("cosine", "constant"), help="learning-rate schedule")
+    warmup_steps: int = setting(0, minimum=0, help="linear warm-up from 0 (none in the released trainer)")
+    min_lr_ratio: float = setting(0.0, minimum=0, help="cosine floor, as a fraction of lr")
+    grad_clip: Optional[float] = setting(None, help="max global grad norm (None: no clipping, as released)")
+    amp: str = setting("none", choices=("none", "bf16", "fp16"),
+                       help="autocast dtype (GPU only; ignored with a warning on CPU)")
+    ema_decay: Optional[float] = setting(None, help="generator weight EMA (None: off, as released)")
 
-    def check(self) -> None:
-        if self.optimizer not in ("adam", "adamw"):
-            raise ConfigError(f"optim.optimizer must be adam or adamw, got {self.optimizer!r}")
-        if self.scheduler not in ("cosine", "constant"):
-            raise ConfigError(f"optim.scheduler must be cosine or constant, got {self.scheduler!r}")
-        if self.amp not in ("none", "bf16", "fp16"):
-            raise ConfigError(f"optim.amp must be none, bf16 or fp16, got {self.amp!r}")
+    def validate(self) -> None:
         if len(self.betas) != 2:
             raise ConfigError("optim.betas must be two numbers")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
@@ -121,40 +108,41 @@ class OptimConfig:
 
 
 @dataclass
-class DataConfig:
-    sample_rate: int = 16000
-    segment_seconds: float = 3.0  # random crop length; shorter utterances are padded (and masked)
-    batch_size: int = 6  # per process
-    num_workers: int = 2
-    min_seconds: float = 0.0  # drop shorter training utterances
-    dev_seconds: float = 30.0  # each dev utterance is cut to its first dev_seconds (released: 30 s)
-    dev_max_utts: int = 0  # 0: all dev utterances
-    dev_batch_size: int = 1
-    dev_holdout: int = 0  # without --dev_dir: hold out this many training utterances (deterministic)
-    hop: int = 320  # samples per codec frame; must equal the product of the model strides
+class DataConfig(Settings):
+    sample_rate: int = setting(16000, minimum=1, help="audio is resampled to this rate")
+    segment_seconds: float = setting(3.0, help="random crop length; shorter utterances are padded (and masked)")
+    batch_size: int = setting(6, help="utterances per batch, per process")
+    num_workers: int = setting(2, minimum=0, help="audio-reading DataLoader workers")
+    min_seconds: float = setting(0.0, minimum=0, help="drop shorter training utterances")
+    dev_seconds: float = setting(30.0, help="each dev utterance is cut to its first dev_seconds (released: 30 s)")
+    dev_max_utts: int = setting(0, minimum=0, help="0: all dev utterances")
+    dev_batch_size: int = setting(1, minimum=1, help="dev utterances per batch")
+    dev_holdout: int = setting(0, minimum=0, help="without --dev_dir: hold out this many training utterances "
+                                                  "(deterministic)")
+    hop: int = setting(320, minimum=1, help="samples per codec frame; must equal the product of the model strides")
 
-    def check(self) -> None:
+    def validate(self) -> None:
         if self.segment_seconds <= 0 or self.batch_size <= 0:
             raise ConfigError("data.segment_seconds and data.batch_size must be positive")
 
 
 @dataclass
-class ScheduleConfig:
-    seed: int = 1234
-    max_steps: int = 0  # 0: epochs x batches per epoch
-    epochs: int = 10
-    log_every: int = 100  # TensorBoard scalars
-    stdout_every: int = 10
-    valid_every: int = 2500
-    valid_at_start: bool = False  # validate before the first step (the demo prints the first dev mel)
-    save_every: int = 2500
-    keep_last: int = 6
-    keep_best: int = 1
-    n_dev_samples: int = 8  # dev audio samples and mel images written to TensorBoard
-    export_from: str = "best"  # best (lowest dev mel) | final
-    guard_buffers: bool = True  # restore the generator's buffers (codebooks) when a step is skipped
+class ScheduleConfig(Settings):
+    seed: int = setting(1234, help="seed of weights, crops and shuffling")
+    max_steps: int = setting(0, help="0: epochs x batches per epoch")
+    epochs: int = setting(10, help="epochs when max_steps is 0")
+    log_every: int = setting(100, help="TensorBoard scalars every N steps")
+    stdout_every: int = setting(10, help="progress-bar losses every N steps")
+    valid_every: int = setting(2500, help="validate every N steps")
+    valid_at_start: bool = setting(False, help="validate before the first step (the demo prints the first dev mel)")
+    save_every: int = setting(2500, help="checkpoint every N steps")
+    keep_last: int = setting(6, help="keep the N newest checkpoints")
+    keep_best: int = setting(1, minimum=0, help="and the N with the lowest dev mel")
+    n_dev_samples: int = setting(8, minimum=0, help="dev audio samples and mel images written to TensorBoard")
+    export_from: str = setting("best", help="best (lowest dev mel) or final")
+    guard_buffers: bool = setting(True, help="restore the generator's buffers (codebooks) when a step is skipped")
 
-    def check(self) -> None:
+    def validate(self) -> None:
         if self.export_from not in ("best", "final"):
             raise ConfigError("sched.export_from must be best or final")
         if self.max_steps < 0 or self.epochs <= 0:
@@ -167,18 +155,14 @@ class ScheduleConfig:
 
 
 @dataclass
-class TeacherConfig:
-    # features: a dumped teacher feature scp (stage 1); labels: k-means labels scp (stage 2);
-    # online: compute the teacher inside the step (kind hubert or mfcc)
-    source: str = "features"
-    online_kind: str = "hubert"
-    online_checkpoint: Optional[str] = None  # HuBERT weights (file, HF dir, or bundle name)
-    online_layer: str = "avg"  # "avg" or a 1-based layer number, as stage 1's --layer
-    online_opts: Dict[str, Any] = field(default_factory=dict)
-
-    def check(self) -> None:
-        if self.source not in ("features", "labels", "online"):
-            raise ConfigError(f"teacher.source must be features, labels or online, got {self.source!r}")
+class TeacherConfig(Settings):
+    source: str = setting("features", choices=("features", "labels", "online"),
+                          help="features: a dumped teacher feature scp (stage 1); labels: k-means labels scp "
+                               "(stage 2); online: compute the teacher inside the step (kind hubert or mfcc)")
+    online_kind: str = setting("hubert", help="online teacher: hubert or mfcc")
+    online_checkpoint: Optional[str] = setting(None, help="HuBERT weights (file, HF dir, or bundle name)")
+    online_layer: str = setting("avg", help='"avg" or a 1-based layer number, as stage 1\'s --layer')
+    online_opts: Dict[str, Any] = setting(default_factory=dict, help="more stage 1 teacher settings")
 
 
 @dataclass
@@ -192,8 +176,8 @@ class TrainConfig:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
 
     def check(self) -> None:
-        for sec in (self.loss, self.disc, self.optim, self.data, self.sched, self.teacher):
-            sec.check()
+        for name in _SECTIONS:
+            getattr(self, name).named(name).check()
         if self.loss.distill_type == "kmeans" and self.teacher.source != "labels":
             raise ConfigError("loss.distill_type kmeans needs teacher.source labels (a k-means labels scp)")
         if self.teacher.source == "labels" and self.loss.distill_type != "kmeans":
@@ -230,35 +214,11 @@ _SECTIONS = {"loss": LossConfig, "disc": DiscConfig, "optim": OptimConfig, "data
              "sched": ScheduleConfig, "teacher": TeacherConfig}
 
 
-def _build(cls, values: Dict[str, Any], where: str):
-    if values is None:
-        values = {}
-    if not isinstance(values, dict):
-        raise ConfigError(f"{where} must be a mapping, got {type(values).__name__}")
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(names)}")
-    types = {f.name: str(f.type) for f in dataclasses.fields(cls)}
-    return cls(**{k: _coerce(v, types[k], f"{where}.{k}") for k, v in values.items()})
-
-
-def _coerce(value: Any, typ: str, where: str) -> Any:
-    """YAML reads ``2e-4`` as a string and ``1`` as an int: convert to the declared float/int types."""
-    if value is None:
-        return None
-    try:
-        if typ in ("float", "Optional[float]") and isinstance(value, (str, int)) and not isinstance(value, bool):
-            return float(value)
-        if typ in ("int", "Optional[int]") and isinstance(value, str):
-            return int(value)
-        if typ == "List[float]" and isinstance(value, list):
-            return [float(v) for v in value]
-        if typ == "List[int]" and isinstance(value, list):
-            return [int(v) for v in value]
-    except ValueError:
-        raise ConfigError(f"{where}: expected {typ}, got {value!r}")
-    return value
+def _section(cls, values: Any, name: str):
+    """One YAML section through :meth:`Settings.from_dict` (unknown keys refused, YAML strings converted)."""
+    if values is not None and not isinstance(values, dict):
+        raise ConfigError(f"{name} must be a mapping, got {type(values).__name__}")
+    return cls.from_dict(values, prefix=name)
 
 
 def from_dict(d: Dict[str, Any]) -> TrainConfig:
@@ -269,7 +229,7 @@ def from_dict(d: Dict[str, Any]) -> TrainConfig:
     model = d.get("model") or {}
     if not isinstance(model, dict):
         raise ConfigError("model must be a mapping of SpeechTokenizer config.json fields")
-    cfg = TrainConfig(model=dict(model), **{k: _build(c, d.get(k), k) for k, c in _SECTIONS.items()})
+    cfg = TrainConfig(model=dict(model), **{k: _section(c, d.get(k), k) for k, c in _SECTIONS.items()})
     cfg.check()
     return cfg
 

@@ -5,7 +5,7 @@
 - Teacher targets come from the stage 1 feature scp (float ``[T, D]`` per utterance) or the stage 2 k-means
   label scp (int ``[T]``), read lazily through kaldiio; utterances missing from the scp are dropped (counted, logged).
   With an online teacher there is no scp and the step computes the targets.
-- Alignment (one rule, shared with stage 1, :mod:`stok.models.frames`): an utterance of n samples has
+- Alignment (one rule, shared with stage 1, :mod:`stok.core.frames`): an utterance of n samples has
   ``codec_frames(n) = ceil(n / hop)`` frames; a crop starting at sample s uses teacher rows from ``floor(s / hop)``
   for ``codec_frames(crop)`` rows, padded by repeating the last row or truncated (``crop_teacher``).
 - Crops: ``segment_seconds`` long, starting on a frame boundary (a multiple of the hop, so the teacher rows line
@@ -32,10 +32,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from stok.cli import UserError
+from stok.core.errors import UserError
 from stok.data.audio import AudioError, load_audio
+from stok.core.tables import read_table
 from stok.data.kaldi_dir import Utterance, read_kaldi_dir
-from stok.models.frames import codec_frames, crop_teacher
+from stok.core.frames import codec_frames, crop_teacher
+from stok.train.signals import ignore_stop_signals
 
 log = logging.getLogger("stok.train")
 
@@ -58,18 +60,7 @@ def load_teacher_table(scp: Optional[str]):
 
 def _scp_keys(scp: str) -> set:
     """Keys of a teacher scp; a line without a location, or a file that is not text, names the scp and line."""
-    keys = set()
-    try:
-        with open(scp, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                parts = line.split(maxsplit=1)
-                if len(parts) == 1:
-                    raise DataError(f"{scp}:{n}: expected 'utt location', got {line.strip()!r}")
-                if parts:
-                    keys.add(parts[0])
-    except UnicodeDecodeError:
-        raise DataError(f"{scp} is not a text scp (an .ark given instead of its .scp?)") from None
-    return keys
+    return set(read_table(scp, scp=True))
 
 
 def read_utterances(data_dir: str, teacher_scp: Optional[str] = None, min_seconds: float = 0.0,
@@ -331,7 +322,8 @@ def make_train_loader(ds: CropDataset, sampler: ShardedBatchSampler, num_workers
     gen.manual_seed(seed)  # the loader draws its base seed from here, never from the global RNG
     return DataLoader(PositionedDataset(ds), batch_sampler=_PositionedSampler(sampler), num_workers=num_workers,
                       collate_fn=_PositionedCollate(hop), pin_memory=pin_memory, generator=gen,
-                      prefetch_factor=2 if num_workers else None)
+                      prefetch_factor=2 if num_workers else None,
+                      worker_init_fn=ignore_stop_signals if num_workers else None)
 
 
 class _PositionedSampler:

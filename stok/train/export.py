@@ -14,9 +14,10 @@ import os
 from typing import Any, Dict, Optional
 
 import torch
+from torch import nn
 
-from stok.fileio import atomic_write_text
-from stok.train.checkpoint import load_checkpoint
+from stok.core.fileio import atomic_write_text
+from stok.train.checkpoint import CheckpointManager, load_checkpoint
 
 log = logging.getLogger("stok.train")
 
@@ -47,24 +48,23 @@ def export_from_checkpoint(ckpt_path: str, out_dir: str, use_ema: bool = True,
     return out_dir
 
 
-def export_generator(trainer, out_dir: str) -> str:
-    """Export from a :class:`stok.train.trainer.Trainer` (rank 0) per ``sched.export_from``."""
+def export_generator(out_dir: str, checkpoints: CheckpointManager, export_from: str, model_config: Dict[str, Any],
+                     final_model: nn.Module, step: int, ema: bool) -> str:
+    """Export per ``sched.export_from``: the best checkpoint of ``checkpoints`` (by dev mel), else (``final``, or
+    no validation yet) ``final_model``, the generator at ``step`` (``ema``: it holds the EMA weights)."""
     from stok.models.speechtokenizer.checkpoint import save_released
 
     os.makedirs(out_dir, exist_ok=True)
-    best = trainer.ckpt.best() if trainer.cfg.sched.export_from == "best" else None
+    best = checkpoints.best() if export_from == "best" else None
     if best is not None:
-        export_from_checkpoint(best["path"], out_dir, model_config=trainer.cfg.model)
+        export_from_checkpoint(best["path"], out_dir, model_config=model_config)
         log.info("exported step %d (best dev mel %.4f) to %s", best["step"], best["dev_mel"], out_dir)
         return out_dir
-    from stok.train.trainer import _unwrap
-
-    model = trainer.ema if trainer.ema is not None else _unwrap(trainer.gen).model
-    was = model.training
-    model.eval()
-    save_released(model, out_dir)
-    model.train(was)
-    info = {"source": "final", "step": trainer.step, "weights": "ema" if trainer.ema is not None else "generator"}
+    was = final_model.training
+    final_model.eval()
+    save_released(final_model, out_dir)
+    final_model.train(was)
+    info = {"source": "final", "step": step, "weights": "ema" if ema else "generator"}
     atomic_write_text(json.dumps(info, indent=1) + "\n", os.path.join(out_dir, "export_info.json"))
-    log.info("exported the final generator (step %d) to %s", trainer.step, out_dir)
+    log.info("exported the final generator (step %d) to %s", step, out_dir)
     return out_dir

@@ -23,12 +23,13 @@ Defaults follow the released trainer; the paper's variants are options (see ``Lo
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from stok.models.speechtokenizer.mel import MelLoss, MelSpectrogram  # noqa: F401 - the trainer's mel loss
 
 
 def sample_mask(lengths: Optional[torch.Tensor], total: int, device=None) -> Optional[torch.Tensor]:
@@ -45,83 +46,6 @@ def frame_mask(lengths: Optional[torch.Tensor], frames: int, hop: int) -> Option
         return None
     n = (lengths + hop - 1) // hop
     return torch.arange(frames, device=lengths.device)[None, :] < n[:, None]
-
-
-class MelSpectrogram(nn.Module):
-    """Log-mel spectrogram as the released trainer computes it (``[B, T] -> [B, n_mels, frames]``)."""
-
-    def __init__(self, sample_rate: int, n_fft: int, hop: int, win: int, n_mels: int = 80,
-                 fmin: float = 0.0, fmax: Optional[float] = None):
-        super().__init__()
-        import torchaudio.functional as AF
-
-        self.n_fft, self.hop, self.win = n_fft, hop, win
-        with warnings.catch_warnings():  # 80 mels at n_fft 128/256 leave empty filters, as in the released trainer
-            warnings.simplefilter("ignore", UserWarning)
-            fb = AF.melscale_fbanks(n_fft // 2 + 1, fmin, fmax if fmax else sample_rate / 2, n_mels, sample_rate,
-                                    norm="slaney", mel_scale="htk")
-        self.register_buffer("fb", fb.T.contiguous(), persistent=False)  # [n_mels, n_freq]
-        self.register_buffer("window", torch.hann_window(win), persistent=False)
-
-    @property
-    def pad(self) -> int:
-        return (self.n_fft - self.hop) // 2
-
-    def frames_mask(self, lengths: Optional[torch.Tensor], frames: int) -> Optional[torch.Tensor]:
-        """Frames whose centre lies inside the true length."""
-        if lengths is None:
-            return None
-        centre = torch.arange(frames, device=lengths.device) * self.hop + self.hop // 2
-        return centre[None, :] < lengths[:, None]
-
-    def forward(self, y: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(y.device.type, enabled=False):
-            y = y.float()
-            y = F.pad(y.unsqueeze(1), (self.pad, self.pad), mode="reflect").squeeze(1)
-            spec = torch.stft(y, self.n_fft, self.hop, self.win, window=self.window, center=False,
-                              return_complex=True)
-            mag = spec.abs() + 1e-9
-            return torch.log(torch.clamp(self.fb @ mag, min=1e-5))
-
-
-class MelLoss(nn.Module):
-    """Weighted multi-resolution log-mel L1 (+ optional L2); returns (total, per-resolution L1 list)."""
-
-    def __init__(self, cfg, sample_rate: int):
-        super().__init__()
-        self.lambdas = list(cfg.mel_lambdas)
-        self.l2_lambda = cfg.mel_l2_lambda
-        self.mels = nn.ModuleList([
-            MelSpectrogram(sample_rate, cfg.mel_n_fft >> i, cfg.mel_hop >> i, cfg.mel_win >> i, cfg.n_mels,
-                           cfg.fmin, cfg.fmax) for i in range(len(self.lambdas))])
-
-    @staticmethod
-    def _masked_mean(d: torch.Tensor, m: Optional[torch.Tensor]) -> torch.Tensor:
-        if m is None:
-            return d.mean()
-        m = m[:, None, :].to(d.dtype)
-        return (d * m).sum() / (m.sum() * d.shape[1]).clamp_min(1)
-
-    def distance(self, i: int, x: torch.Tensor, x_hat: torch.Tensor,
-                 lengths: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(L1, L2) between log-mels of ``x`` and ``x_hat`` ``[B, T]`` at resolution i."""
-        a, b = self.mels[i](x), self.mels[i](x_hat)
-        n = min(a.shape[-1], b.shape[-1])
-        a, b = a[..., :n], b[..., :n]
-        m = self.mels[i].frames_mask(lengths, n)
-        diff = a - b
-        l1 = self._masked_mean(diff.abs(), m)
-        l2 = self._masked_mean(diff.pow(2), m) if self.l2_lambda else torch.zeros((), device=x.device)
-        return l1, l2
-
-    def forward(self, x: torch.Tensor, x_hat: torch.Tensor, lengths: Optional[torch.Tensor] = None):
-        total = torch.zeros((), device=x.device)
-        parts = []
-        for i, lam in enumerate(self.lambdas):
-            l1, l2 = self.distance(i, x, x_hat, lengths)
-            total = total + lam * l1 + self.l2_lambda * l2
-            parts.append(l1)
-        return total, parts
 
 
 def recon_l1(x: torch.Tensor, x_hat: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -171,6 +95,17 @@ def kmeans_ce(logits: torch.Tensor, labels: torch.Tensor, mask: Optional[torch.T
     if mask is not None:
         lab[~mask[:, :n].bool()] = -100
     return F.cross_entropy(logits[:, :n].float().reshape(-1, logits.shape[-1]), lab.reshape(-1), ignore_index=-100)
+
+
+def distill_loss(cfg, semantic: torch.Tensor, logits: Optional[torch.Tensor], teacher: torch.Tensor,
+                 mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """The distillation of ``cfg.distill_type`` (a ``loss:`` section): k-means cross-entropy of the head's
+    ``logits``, or T-axis / D-axis distillation of the ``semantic`` output."""
+    if cfg.distill_type == "kmeans":
+        return kmeans_ce(logits, teacher, mask)
+    if cfg.distill_type == "t_axis":
+        return t_axis_distill(semantic, teacher, mask, cfg.lambda_sim)
+    return d_axis_distill(semantic, teacher, mask)
 
 
 def discriminator_loss(real: Sequence[torch.Tensor], fake: Sequence[torch.Tensor], kind: str = "lsgan"):

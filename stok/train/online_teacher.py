@@ -8,7 +8,7 @@ options such as ``dtype`` or ``frontend`` go in ``teacher.online_opts``) on the 
 
 Each item's features are computed on its true samples only (the teacher's own batching rule keeps batched and
 one-at-a-time features equal), then aligned to the codec frames with the shared rule of
-:mod:`stok.models.frames` (``align_teacher``: pad by repeating the last row or truncate to
+:mod:`stok.core.frames` (``align_teacher``: pad by repeating the last row or truncate to
 ``codec_frames(length)``), and zero-padded to the batch's frame count (the loss masks padded frames).
 """
 
@@ -20,22 +20,37 @@ from typing import Optional
 import torch
 from torch import nn
 
-from stok.models.frames import align_teacher, codec_frames
+from stok.core.frames import align_teacher, codec_frames
 
 log = logging.getLogger("stok.train")
 
 
-def _build(cfg, device: torch.device):
-    try:
-        from stok.models.teacher import build_teacher
-    except ImportError as e:
-        raise SystemExit(f"error: teacher.source online needs stok.models.teacher ({e})")
+def teacher_settings(cfg):
+    """The stage 1 teacher settings of a ``teacher:`` section (``online_kind``, ``online_checkpoint``,
+    ``online_layer``, and any other teacher setting under ``online_opts``), named as written there in errors."""
+    from stok.models.teacher import TeacherSettings
+
     opts = dict(cfg.online_opts or {})
+    aliases = {"teacher": "online_kind", "checkpoint": "online_checkpoint", "layer": "online_layer"}
+    values = {"online_kind": cfg.online_kind}
     if cfg.online_checkpoint:
-        opts.setdefault("checkpoint", cfg.online_checkpoint)
+        values["online_checkpoint"] = cfg.online_checkpoint
     if cfg.online_kind == "hubert":
-        opts.setdefault("layer", cfg.online_layer)
-    return build_teacher(cfg.online_kind, device=device, **opts)
+        values["online_layer"] = cfg.online_layer
+    for key, value in opts.items():
+        if key in aliases:  # online_opts: {layer: ...} wins over online_layer
+            values[aliases[key]] = value
+        else:
+            values[f"online_opts.{key}"] = value
+    for name in TeacherSettings._fields():
+        aliases.setdefault(name, f"online_opts.{name}")
+    return TeacherSettings.from_dict(values, prefix="teacher", aliases=aliases)
+
+
+def _build(cfg, device: torch.device):
+    from stok.models.teacher import build_teacher
+
+    return build_teacher(teacher_settings(cfg), device)
 
 
 class OnlineTeacher(nn.Module):

@@ -19,9 +19,11 @@ import json
 import os
 import re
 import shutil
-from typing import Any, Dict, List, Optional
+from typing import List, Optional
 
-from stok.cli import UserError, check_output_dir
+from stok.core.errors import UserError
+from stok.core.fileio import check_output_dir
+from stok.core.treediff import changes, show
 
 #: config keys a resumed run may change: they do not change what is trained, only its length and bookkeeping
 MAY_CHANGE_ON_RESUME = frozenset({
@@ -42,35 +44,10 @@ def checkpoints(exp_dir: str) -> List[str]:
     return [os.path.join(d, n) for _, n in sorted(found)]
 
 
-def _leaves(d: Any, prefix: str = "") -> Dict[str, Any]:
-    if isinstance(d, dict) and (d or not prefix):
-        out: Dict[str, Any] = {}
-        for k, v in d.items():
-            out.update(_leaves(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: d}
-
-
-def _show(v: Any) -> str:
-    s = json.dumps(v)
-    return s if len(s) <= 40 else s[:37] + "..."
-
-
 def config_changes(old: dict, new: dict) -> List[str]:
-    """``key: old -> new`` for every config value that differs and may not change on resume."""
-    a, b = _leaves(old), _leaves(new)
-    out = []
-    for k in sorted(set(a) | set(b)):
-        if k in MAY_CHANGE_ON_RESUME:
-            continue
-        va, vb = a.get(k, "(absent)"), b.get(k, "(absent)")
-        if isinstance(va, (int, float)) and isinstance(vb, (int, float)) and not isinstance(va, bool):
-            same = float(va) == float(vb)
-        else:
-            same = va == vb
-        if not same:
-            out.append(f"{k} {_show(va)} -> {_show(vb)}")
-    return out
+    """``key old -> new`` for every config value that differs and may not change on resume."""
+    return [f"{k} {show(a, quote_strings=True)} -> {show(b, quote_strings=True)}"
+            for k, a, b in changes(old, new, ignore=MAY_CHANGE_ON_RESUME, sort=True)]
 
 
 def read_checkpoint_config(path: str) -> dict:
@@ -126,7 +103,7 @@ def check_exp_dir(exp_dir: str, config: dict, resume: bool) -> Optional[str]:
 def tidy_logs(exp_dir: str, resumed_step: Optional[int]) -> None:
     """Drop log lines past ``resumed_step`` (a killed run's tail); a fresh start (None) removes a killed
     run's logs, TensorBoard events and bad-audio list, which no checkpoint belongs to."""
-    from stok.fileio import atomic_write_text
+    from stok.core.fileio import atomic_write_text
 
     if resumed_step is None:
         for name in LOGS + ("bad_audio.list",):
@@ -171,20 +148,20 @@ def _first_entry(scp: str, utt_id: str):
                         "again") from e
 
 
-def check_teacher(trainer, n_units: int) -> None:
-    """The teacher (first entry of each scp, or the online teacher) must fit the model's semantic output."""
-    cfg = trainer.cfg
-    want = trainer.model_cfg.semantic_dimension
+def check_teacher(source: str, semantic_dim: int, n_units: int, online_teacher=None, datasets=()) -> None:
+    """The teacher (first entry of each dataset's scp, or the online teacher) must fit the model's semantic
+    output (``semantic_dim``); k-means labels (``source`` labels) must lie in ``[0, n_units)``."""
+    want = semantic_dim
     fix = "set model.semantic_dimension to the teacher's dimension, or use the teacher the config was made for"
-    if trainer.online_teacher is not None:
-        dim = getattr(trainer.online_teacher.teacher, "dim", 0)
+    if online_teacher is not None:
+        dim = getattr(online_teacher.teacher, "dim", 0)
         if dim and dim != want:
             raise UserError(f"the online teacher gives {dim}-dim features, but model.semantic_dimension is {want}: "
                             f"{fix}")
         return
-    labels = cfg.teacher.source == "labels"
-    for ds in (trainer.train_ds, trainer.dev_ds):
-        if ds is None or not ds.teacher_scp or not ds.utts:
+    labels = source == "labels"
+    for ds in datasets:
+        if ds is None or not ds.teacher_scp or not len(ds):
             continue
         scp, utt = ds.teacher_scp, ds.utts[0].utt_id
         arr = _first_entry(scp, utt)

@@ -11,6 +11,7 @@ dev_set=dev                      # held-out split: training validation and decod
 test_sets="test"                 # more splits to tokenize, space separated (may be empty)
 prep_opts=""                     # extra options for: python -m stok.bin.prepare aishell
 # end options
+prepare_corpus=aishell           # stage 0 (local/data.sh): python -m stok.bin.prepare aishell (lhotse.recipes.prepare_aishell)
 
 # Overrides of run.sh's defaults for real speech (the command line still wins):
 teacher=hubert                   # a HuBERT teacher; for Mandarin, e.g. a Chinese HuBERT in Hugging Face format

@@ -8,4 +8,5 @@ dev_set=dev-clean-demo           # held-out split: training validation and decod
 test_sets=""                     # more splits to tokenize, space separated (none in the demo)
 prep_opts=""                     # extra options for: python -m stok.bin.prepare demo
 # end options
+prepare_corpus=demo              # stage 0 (local/data.sh): python -m stok.bin.prepare demo (the shipped corpus, prepared as LibriSpeech is)
 # The demo keeps run.sh's weight-free defaults: MFCC teacher, 100 k-means clusters, a random-weight S3 model.

@@ -13,6 +13,7 @@ dev_set=dev                      # name of the held-out split: training validati
 test_sets=""                     # nothing else to prepare here (split names are made by this recipe)
 prep_opts=""                     # extra options for: python -m stok.bin.prepare folder (e.g. --dev_by speaker --seed 1)
 # end options
+prepare_corpus=folder            # stage 0 (local/data.sh): python -m stok.bin.prepare folder (any audio; the splits are made here)
 
 # For speech, a HuBERT teacher beats MFCCs; the defaults of run.sh (weight-free) are kept here so that
 # the recipe runs anywhere. To use real models, uncomment and adapt:

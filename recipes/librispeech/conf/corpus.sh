@@ -12,6 +12,7 @@ test_sets=""                     # more splits to tokenize, space separated, e.g
 combine=""                       # NAME=PART,PART: also make split NAME from parts, e.g. train-960=train-clean-100,train-clean-360,train-other-500 (then train_set=train-960)
 prep_opts="--num_jobs 4"         # extra options for: python -m stok.bin.prepare librispeech
 # end options
+prepare_corpus=librispeech       # stage 0 (local/data.sh): python -m stok.bin.prepare librispeech (lhotse.recipes.prepare_librispeech)
 
 # Overrides of run.sh's defaults for real speech (the command line still wins):
 teacher=hubert                   # HuBERT base features as the teacher (needs its weights, see README.md)

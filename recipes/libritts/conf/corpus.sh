@@ -12,6 +12,7 @@ test_sets=""                     # more splits to tokenize, space separated, e.g
 combine=""                       # NAME=PART,PART: also make split NAME from parts, e.g. train-all=train-clean-100,train-clean-360,train-other-500 (then train_set=train-all)
 prep_opts="--num_jobs 4"         # extra options for: python -m stok.bin.prepare libritts (e.g. --librittsr to download LibriTTS-R)
 # end options
+prepare_corpus=libritts          # stage 0 (local/data.sh): python -m stok.bin.prepare libritts (lhotse.recipes.prepare_libritts)
 
 # Overrides of run.sh's defaults for real speech (the command line still wins). LibriTTS is 24 kHz: every
 # model reads it through stok's loader, which resamples to its own rate.

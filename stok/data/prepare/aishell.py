@@ -13,48 +13,33 @@ spaces between words removed, as lhotse does; speaker = the ``<speaker>`` direct
 
 from __future__ import annotations
 
-import logging
-from typing import List
+from pathlib import Path
+from typing import Dict, List
 
-from stok.data.prepare.common import (add_lhotse_arguments, check_combine, drop_cached, finish, manifest_dir_of,
-                                      require_corpus_dir)
-from stok.data.prepare.manifests import PrepareError, SplitSummary
+from stok.data.prepare.recipe import CORPUS_OPTIONS, CorpusRecipe
+from stok.data.prepare.settings import CorpusSettings
 
-log = logging.getLogger("stok.prepare")
-
-PREFIX = "aishell"
 SPLITS = ("train", "dev", "test")
-HINT = ("Expected data_aishell/wav/{train,dev,test}/<spk>/<utt>.wav and "
-        "data_aishell/transcript/aishell_transcript_v0.8.txt; get it from https://www.openslr.org/33 or pass --download.")
 
 
-def add_arguments(p) -> None:
-    add_lhotse_arguments(p)
+def scan(corpus: Path, splits: List[str], manifest_dir: str, s: CorpusSettings) -> Dict[str, Dict]:
+    """lhotse scans train, dev and test whatever is asked, and has no cache: it rescans every time."""
+    from lhotse.recipes import prepare_aishell
+
+    return prepare_aishell(corpus, output_dir=manifest_dir)
 
 
-def run(args) -> List[SplitSummary]:
-    from lhotse.recipes import download_aishell, prepare_aishell
+def fetch(s: CorpusSettings) -> Path:
+    from lhotse.recipes import download_aishell
 
-    corpus_dir = args.corpus_dir
-    if args.download:
-        log.info("downloading AISHELL-1 into %s", args.download_dir)
-        corpus_dir = str(download_aishell(target_dir=args.download_dir))
-    corpus = require_corpus_dir(corpus_dir, "aishell", HINT)
-    transcript = corpus / "data_aishell" / "transcript" / "aishell_transcript_v0.8.txt"
-    if not transcript.is_file():
-        raise PrepareError(f"aishell: {transcript} not found. {HINT}")
-    splits = args.splits or [s for s in SPLITS if (corpus / "data_aishell" / "wav" / s).is_dir()]
-    bad = [s for s in splits if s not in SPLITS]
-    if bad:
-        raise PrepareError(f"aishell: unknown splits {bad}; AISHELL-1 has {list(SPLITS)}")
-    missing = [s for s in splits if not (corpus / "data_aishell" / "wav" / s).is_dir()]
-    if missing or not splits:
-        raise PrepareError(f"aishell: no wav dir for {missing or list(SPLITS)} under {corpus}/data_aishell/wav. {HINT}")
-    check_combine(args, PREFIX, splits)
-    manifest_dir = manifest_dir_of(args)
-    # prepare_aishell has no cache: it rescans every time, so --force only matters for our own files
-    if args.force:
-        drop_cached(manifest_dir, PREFIX, SPLITS)
-    log.info("aishell: preparing from %s (lhotse scans train, dev and test)", corpus)
-    manifests = prepare_aishell(corpus, output_dir=manifest_dir)
-    return finish(manifests, PREFIX, splits, args)
+    return download_aishell(target_dir=s.download_dir)
+
+
+RECIPE = CorpusRecipe(
+    name="aishell", summary="AISHELL-1 (lhotse recipe)", about=__doc__, options=CORPUS_OPTIONS,
+    title="AISHELL-1", prefix="aishell",
+    hint="Expected data_aishell/wav/{train,dev,test}/<spk>/<utt>.wav and "
+         "data_aishell/transcript/aishell_transcript_v0.8.txt; get it from https://www.openslr.org/33 or pass "
+         "--download.",
+    known_splits=lambda: SPLITS, scan=scan, fetch=fetch, split_root="data_aishell/wav", closed_splits=True,
+    required=("data_aishell/transcript/aishell_transcript_v0.8.txt",))

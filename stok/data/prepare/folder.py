@@ -32,9 +32,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
-from stok.data.kaldi_dir import read_kaldi_dir, read_segments, read_table, read_wav_scp, sort_keys
-from stok.data.prepare.common import add_output_arguments, manifest_dir_of
+from stok.core.tables import read_table, sort_keys
+from stok.data.kaldi_dir import read_kaldi_dir, read_segments, read_wav_scp
 from stok.data.prepare.manifests import PrepareError, SplitSummary, write_split
+from stok.data.prepare.recipe import Preparer
+from stok.data.prepare.settings import FolderSettings, PrepareSettings
 
 if TYPE_CHECKING:  # lhotse is imported when needed, so that --help stays fast
     from lhotse import RecordingSet, SupervisionSet
@@ -46,34 +48,6 @@ AUDIO_EXTENSIONS = (".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", "
                     ".snd", ".caf", ".w64", ".rf64", ".sph", ".nist", ".voc", ".htk", ".sd2", ".ircam", ".sf", ".wv")
 TEXT_SIDECARS = (".normalized.txt", ".txt", ".lab")
 _WS = re.compile(r"\s+")
-
-
-def add_arguments(p) -> None:
-    add_output_arguments(p, force=False)
-    src = p.add_argument_group("input (one of)")
-    src.add_argument("--audio_dir", "--corpus_dir", dest="audio_dir", default=None,
-                     help="a directory of audio files, searched recursively")
-    src.add_argument("--wav_scp", default=None, help="an existing wav.scp (paths, 'cmd |' pipes, x.ark:offset)")
-    src.add_argument("--data_dir", default=None, help="an existing Kaldi data dir (wav.scp [+ segments, utt2spk, text])")
-    p.add_argument("--segments", default=None, help="with --wav_scp: a segments file (utt rec start end)")
-    p.add_argument("--utt2spk", default=None, help="with --wav_scp or --audio_dir: an utt2spk file")
-    p.add_argument("--text", default=None, help="a Kaldi text file (utt transcript) for the utterances")
-    p.add_argument("--speaker_from", choices=("utt", "parent", "first_dir"), default="utt",
-                   help="speaker of each file of --audio_dir when no utt2spk is given (default: %(default)s)")
-    p.add_argument("--no_sidecar_text", action="store_true",
-                   help="with --audio_dir: do not look for .normalized.txt/.txt/.lab transcripts next to the audio")
-    sp = p.add_argument_group("splits")
-    sp.add_argument("--train_name", default="train", help="name of the main split (default: %(default)s)")
-    sp.add_argument("--dev_name", default="dev", help="name of the dev split (default: %(default)s)")
-    sp.add_argument("--dev_fraction", type=float, default=0.0,
-                    help="fraction of recordings (or speakers) held out as the dev split, at least one "
-                         "when > 0 (default: %(default)s: no dev split)")
-    sp.add_argument("--dev_count", type=int, default=0, help="hold out this many recordings (or speakers) instead")
-    sp.add_argument("--dev_by", choices=("recording", "speaker"), default="recording",
-                    help="unit of the dev hold-out (default: %(default)s)")
-    sp.add_argument("--seed", type=int, default=0, help="seed of the dev selection (default: %(default)s)")
-    p.add_argument("--prefix", default="folder", help="manifest name prefix: PREFIX_cuts_<split>.jsonl.gz (default: %(default)s)")
-    p.add_argument("--num_jobs", type=int, default=4, help="threads reading audio headers (default: %(default)s)")
 
 
 def _safe_id(rel: str) -> str:
@@ -160,34 +134,34 @@ def _sidecar_text(path: Path) -> Optional[str]:
     return None
 
 
-def from_audio_dir(args) -> Tuple[RecordingSet, SupervisionSet, None]:
+def from_audio_dir(s: FolderSettings) -> Tuple[RecordingSet, SupervisionSet, None]:
     from lhotse import RecordingSet, SupervisionSegment, SupervisionSet
 
-    audio_dir = Path(args.audio_dir)
+    audio_dir = Path(s.audio_dir or "")
     if not audio_dir.is_dir():
-        raise PrepareError(f"folder: --audio_dir {audio_dir} is not a directory")
+        raise PrepareError(f"folder: {s.setting_name('audio_dir')} {audio_dir} is not a directory")
     files = scan_audio_dir(audio_dir)
     if not files:
         raise PrepareError(f"folder: no audio files ({', '.join(AUDIO_EXTENSIONS[:8])}, ...) under {audio_dir}")
-    recs, failed = _read_all([(k, str(p.resolve())) for k, p in files.items()], _file_recording, args.num_jobs)
+    recs, failed = _read_all([(k, str(p.resolve())) for k, p in files.items()], _file_recording, s.num_jobs)
     if not recs:
         raise PrepareError(f"folder: none of the {len(files)} audio files under {audio_dir} could be read")
-    utt2spk = read_table(args.utt2spk, 2, 2) if args.utt2spk else None
-    texts = read_table(args.text, 1) if args.text else {}
+    utt2spk = read_table(s.utt2spk, 2, 2) if s.utt2spk else None
+    texts = read_table(s.text, 1) if s.text else {}
     sups = []
     for rec in recs:
         path = files[rec.id]
         if utt2spk is not None:
             spk = utt2spk.get(rec.id)
-        elif args.speaker_from == "parent":
+        elif s.speaker_from == "parent":
             spk = _safe_id(path.parent.name) if path.parent != audio_dir else rec.id
-        elif args.speaker_from == "first_dir":
+        elif s.speaker_from == "first_dir":
             rel = path.relative_to(audio_dir)
             spk = _safe_id(rel.parts[0]) if len(rel.parts) > 1 else rec.id
         else:
             spk = rec.id
         text = texts.get(rec.id)
-        if text is None and not args.no_sidecar_text:
+        if text is None and not s.no_sidecar_text:
             text = _sidecar_text(path)
         sups.append(SupervisionSegment(id=rec.id, recording_id=rec.id, start=0.0, duration=rec.duration,
                                        channel=0 if rec.num_channels == 1 else list(range(rec.num_channels)),
@@ -195,22 +169,22 @@ def from_audio_dir(args) -> Tuple[RecordingSet, SupervisionSet, None]:
     return RecordingSet.from_recordings(recs), SupervisionSet.from_segments(sups), None
 
 
-def from_wav_scp(args) -> Tuple[RecordingSet, SupervisionSet, Dict[str, str]]:
+def from_wav_scp(s: FolderSettings) -> Tuple[RecordingSet, SupervisionSet, Dict[str, str]]:
     from lhotse import RecordingSet, SupervisionSegment, SupervisionSet
 
-    if args.data_dir:
-        kd = read_kaldi_dir(args.data_dir)  # checks the files agree
+    if s.data_dir:
+        kd = read_kaldi_dir(s.data_dir)  # checks the files agree
         wav_scp, segments, utt2spk, texts = kd.wav_scp, kd.segments, kd.utt2spk, kd.text or {}
-        source = args.data_dir
+        source = s.data_dir
     else:
-        wav_scp = read_wav_scp(args.wav_scp)
-        segments = read_segments(args.segments, wav_scp) if args.segments else None
-        utt2spk = read_table(args.utt2spk, 2, 2) if args.utt2spk else None
-        texts = read_table(args.text, 1) if args.text else {}
-        source = args.wav_scp
+        source = s.wav_scp or ""
+        wav_scp = read_wav_scp(source)
+        segments = read_segments(s.segments, wav_scp) if s.segments else None
+        utt2spk = read_table(s.utt2spk, 2, 2) if s.utt2spk else None
+        texts = read_table(s.text, 1) if s.text else {}
     if not wav_scp:
         raise PrepareError(f"folder: {source} lists no recordings")
-    recs, failed = _read_all(sorted(wav_scp.items()), _spec_recording, args.num_jobs)
+    recs, failed = _read_all(sorted(wav_scp.items()), _spec_recording, s.num_jobs)
     if not recs:
         raise PrepareError(f"folder: none of the {len(wav_scp)} entries of {source} could be read")
     by_id = {r.id: r for r in recs}
@@ -237,70 +211,52 @@ def from_wav_scp(args) -> Tuple[RecordingSet, SupervisionSet, Dict[str, str]]:
         if dropped:
             log.warning("%d segments belong to unreadable recordings and were skipped", dropped)
     if utt2spk is not None:
-        lost = [s.id for s in sups if s.id not in utt2spk]
+        lost = [sup.id for sup in sups if sup.id not in utt2spk]
         if lost:
             log.warning("%d utterances are not in utt2spk; each becomes its own speaker (e.g. %s)", len(lost), lost[0])
     return RecordingSet.from_recordings(recs), SupervisionSet.from_segments(sups), {r.id: wav_scp[r.id] for r in recs}
 
 
-def split_dev(recordings: RecordingSet, supervisions: SupervisionSet, args) -> Dict[str, Tuple[RecordingSet, SupervisionSet]]:
+def split_dev(recordings: RecordingSet, supervisions: SupervisionSet,
+              s: FolderSettings) -> Dict[str, Tuple[RecordingSet, SupervisionSet]]:
     """{train_name: ..., dev_name: ...} (dev only when asked for); deterministic for a given seed."""
     from lhotse import RecordingSet, SupervisionSet
 
-    if args.dev_fraction < 0 or args.dev_fraction >= 1 or args.dev_count < 0:
-        raise PrepareError("--dev_fraction must be in [0, 1) and --dev_count >= 0")
-    if args.dev_fraction == 0 and args.dev_count == 0:
-        return {args.train_name: (recordings, supervisions)}
-    if args.dev_by == "speaker":
+    if s.dev_fraction == 0 and s.dev_count == 0:
+        return {s.train_name: (recordings, supervisions)}
+    if s.dev_by == "speaker":
         unit_of = {}
-        for s in supervisions:
-            unit_of.setdefault(s.recording_id, s.speaker or s.recording_id)
+        for sup in supervisions:
+            unit_of.setdefault(sup.recording_id, sup.speaker or sup.recording_id)
     else:
         unit_of = {r.id: r.id for r in recordings}
     units = sort_keys(set(unit_of.values()))
-    n = args.dev_count or max(1, int(math.floor(args.dev_fraction * len(units) + 0.5)))
+    n = s.dev_count or max(1, int(math.floor(s.dev_fraction * len(units) + 0.5)))
     if n >= len(units):
-        raise PrepareError(f"dev split of {n} {args.dev_by}s would leave nothing to train on ({len(units)} in all)")
-    rng = random.Random(args.seed)
+        raise PrepareError(f"dev split of {n} {s.dev_by}s would leave nothing to train on ({len(units)} in all)")
+    rng = random.Random(s.seed)
     dev_units = set(rng.sample(units, n))
     dev_recs = {r for r, u in unit_of.items() if u in dev_units}
     out = {}
-    for name, keep in ((args.train_name, lambda r: r not in dev_recs), (args.dev_name, lambda r: r in dev_recs)):
+    for name, keep in ((s.train_name, lambda r: r not in dev_recs), (s.dev_name, lambda r: r in dev_recs)):
         out[name] = (RecordingSet.from_recordings(r for r in recordings if keep(r.id)),
-                     SupervisionSet.from_segments(s for s in supervisions if keep(s.recording_id)))
+                     SupervisionSet.from_segments(sup for sup in supervisions if keep(sup.recording_id)))
     return out
 
 
-def check_args(args) -> None:
-    """The options, before anything is read."""
-    given = [x for x in (args.audio_dir, args.wav_scp, args.data_dir) if x]
-    if len(given) != 1:
-        raise PrepareError("folder: give exactly one of --audio_dir (or --corpus_dir), --wav_scp, --data_dir")
-    if args.segments and not args.wav_scp:
-        raise PrepareError("folder: --segments goes with --wav_scp (a --data_dir brings its own segments file)")
-    for name in ("audio_dir", "data_dir"):
-        path = getattr(args, name)
-        if path and not os.path.isdir(path):
-            raise PrepareError(f"folder: --{name} {path} is not a directory")
-    for name in ("wav_scp", "segments", "utt2spk", "text"):
-        path = getattr(args, name)
-        if path and not os.path.isfile(path):
-            raise PrepareError(f"folder: --{name} {path} not found")
-    if args.train_name == args.dev_name:
-        raise PrepareError("--train_name and --dev_name must differ")
-    if args.dev_fraction < 0 or args.dev_fraction >= 1 or args.dev_count < 0:
-        raise PrepareError(f"--dev_fraction must be in [0, 1) and --dev_count >= 0, got {args.dev_fraction} and "
-                           f"{args.dev_count}")
+def prepare_folder(s: FolderSettings) -> List[SplitSummary]:
+    """The recordings and supervisions of the input, the dev split carved out, then manifests and Kaldi dirs."""
+    recs, sups, wav_scp = from_audio_dir(s) if s.audio_dir else from_wav_scp(s)
+    return [write_split(s.output_dir, name, r, u, manifest_dir=s.manifest_path, prefix=s.prefix, part=name,
+                        wav_scp=wav_scp)
+            for name, (r, u) in split_dev(recs, sups, s).items()]
 
 
-def run(args) -> List[SplitSummary]:
-    check_args(args)
-    if args.audio_dir:
-        recs, sups, wav_scp = from_audio_dir(args)
-    else:
-        recs, sups, wav_scp = from_wav_scp(args)
-    summaries = []
-    for name, (r, s) in split_dev(recs, sups, args).items():
-        summaries.append(write_split(args.output_dir, name, r, s, manifest_dir=manifest_dir_of(args),
-                                     prefix=args.prefix, part=name, wav_scp=wav_scp))
-    return summaries
+class FolderPreparer(Preparer):
+    def prepare(self, settings: PrepareSettings) -> List[SplitSummary]:
+        assert isinstance(settings, FolderSettings)
+        return prepare_folder(settings)
+
+
+RECIPE = FolderPreparer(name="folder", summary="a directory of audio, a wav.scp or a Kaldi data dir", about=__doc__,
+                        settings_class=FolderSettings, options=tuple(FolderSettings._fields()))

@@ -14,19 +14,11 @@ so the Kaldi dirs have no ``segments``; speaker = the first field of the utteran
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Dict, List
 
-from stok.data.prepare.common import (add_lhotse_arguments, check_combine, drop_cached, finish, manifest_dir_of,
-                                      require_corpus_dir)
-from stok.data.prepare.manifests import PrepareError, SplitSummary
-
-log = logging.getLogger("stok.prepare")
-
-PREFIX = "librispeech"
-HINT = ("Expected <split>/<spk>/<chapter>/<spk>-<chapter>-<utt>.flac with <spk>-<chapter>.trans.txt; "
-        "get it from https://www.openslr.org/12 or pass --download.")
+from stok.data.prepare.recipe import CORPUS_OPTIONS, CorpusRecipe
+from stok.data.prepare.settings import CorpusSettings
 
 
 def known_splits() -> List[str]:
@@ -35,49 +27,23 @@ def known_splits() -> List[str]:
     return list(LIBRISPEECH) + list(MINI_LIBRISPEECH)
 
 
-def find_splits(corpus_dir: Path) -> List[str]:
-    """Known split names present, else any subdirectory with ``*.trans.txt`` files under it."""
-    present = sorted(p.name for p in corpus_dir.iterdir() if p.is_dir())
-    known = [s for s in present if s in known_splits()]
-    if known:
-        return known
-    return [s for s in present if next((corpus_dir / s).rglob("*.trans.txt"), None) is not None]
-
-
-def add_arguments(p) -> None:
-    add_lhotse_arguments(p)
-    p.add_argument("--normalize_text", choices=("none", "lower"), default="none",
-                   help="lhotse's text normalisation: keep LibriSpeech's upper case, or lower it (default: %(default)s)")
-
-
-def prepare(corpus_dir: Optional[str], args, name: str = "librispeech", hint: str = HINT) -> List[SplitSummary]:
-    """lhotse writes ``librispeech_{recordings,supervisions}_<split>.jsonl.gz``; we sort them and add the cuts."""
-    prefix = PREFIX
-    if getattr(args, "download", False):
-        from lhotse.recipes import download_librispeech
-
-        parts = args.splits or "mini_librispeech"
-        log.info("downloading LibriSpeech parts %s into %s", parts, args.download_dir)
-        corpus_dir = str(download_librispeech(target_dir=args.download_dir, dataset_parts=parts))
-    corpus = require_corpus_dir(corpus_dir, name, hint)
-    splits: Sequence[str] = args.splits or find_splits(corpus)
-    if not splits:
-        raise PrepareError(f"{name}: no split found in {corpus}. {hint}")
-    missing = [s for s in splits if not (corpus / s).is_dir()]
-    if missing:
-        raise PrepareError(f"{name}: split dirs {missing} not found in {corpus} (found: {find_splits(corpus)}). {hint}")
-    check_combine(args, prefix, splits)
-    manifest_dir = manifest_dir_of(args)
-    if args.force:
-        drop_cached(manifest_dir, prefix, splits)
-    log.info("%s: preparing %s from %s", name, list(splits), corpus)
+def scan(corpus: Path, splits: List[str], manifest_dir: str, s: CorpusSettings) -> Dict[str, Dict]:
+    """lhotse writes ``librispeech_{recordings,supervisions}_<split>.jsonl.gz`` (and reuses them when there)."""
     from lhotse.recipes import prepare_librispeech  # after the checks: importing lhotse takes seconds
 
-    manifests = prepare_librispeech(corpus, dataset_parts=list(splits), output_dir=manifest_dir,
-                                    normalize_text=getattr(args, "normalize_text", "none"),
-                                    num_jobs=max(1, args.num_jobs))
-    return finish(manifests, prefix, splits, args)
+    return prepare_librispeech(corpus, dataset_parts=splits, output_dir=manifest_dir,
+                               normalize_text=s.normalize_text, num_jobs=s.num_jobs)
 
 
-def run(args) -> List[SplitSummary]:
-    return prepare(args.corpus_dir, args)
+def fetch(s: CorpusSettings) -> Path:
+    from lhotse.recipes import download_librispeech
+
+    return download_librispeech(target_dir=s.download_dir, dataset_parts=s.splits or "mini_librispeech")
+
+
+RECIPE = CorpusRecipe(
+    name="librispeech", summary="LibriSpeech or Mini LibriSpeech (lhotse recipe)", about=__doc__,
+    options=CORPUS_OPTIONS + ("normalize_text",), title="LibriSpeech", prefix="librispeech",
+    hint="Expected <split>/<spk>/<chapter>/<spk>-<chapter>-<utt>.flac with <spk>-<chapter>.trans.txt; "
+         "get it from https://www.openslr.org/12 or pass --download.",
+    known_splits=known_splits, scan=scan, fetch=fetch, transcripts="*.trans.txt")

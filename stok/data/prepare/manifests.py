@@ -30,8 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from stok.cli import UserError
-from stok.data.kaldi_dir import KaldiDir, read_kaldi_dir, sort_keys, write_kaldi_dir
+from stok.core.errors import UserError
+from stok.core.tables import sort_keys
+from stok.data.kaldi_dir import KaldiDir, read_kaldi_dir, write_kaldi_dir
 
 if TYPE_CHECKING:  # lhotse (and torch under it) is imported when needed, so that --help stays fast
     from lhotse import RecordingSet, SupervisionSegment, SupervisionSet
@@ -291,14 +292,14 @@ def combine_splits(output_dir: os.PathLike, manifest_dir: os.PathLike, prefix: s
                        manifest_dir=manifest_dir, prefix=prefix, part=name)
 
 
-def parse_combine(specs: Optional[Sequence[str]]) -> List[Tuple[str, List[str]]]:
-    """``name=part1,part2`` -> (name, [parts]); a clear error otherwise."""
+def parse_combine(specs: Optional[Sequence[str]], setting: str = "--combine") -> List[Tuple[str, List[str]]]:
+    """``name=part1,part2`` -> (name, [parts]); a clear error naming ``setting`` otherwise."""
     out = []
     for spec in specs or []:
         name, sep, rest = spec.partition("=")
         parts = [p for p in rest.split(",") if p]
         if not sep or not name or not parts:
-            raise PrepareError(f"--combine {spec!r}: expected NAME=PART1,PART2,...")
+            raise PrepareError(f"{setting} {spec!r}: expected NAME=PART1,PART2,...")
         out.append((name, parts))
     return out
 

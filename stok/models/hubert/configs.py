@@ -23,7 +23,7 @@ from typing import Dict, List, Mapping, Optional, Tuple
 import torch
 import torchaudio
 
-from stok.cli import UserError
+from stok.core.errors import UserError
 
 log = logging.getLogger("stok.hubert")
 #: fairseq's default ``conv_feature_layers``: (channels, kernel, stride); total stride 320, receptive field 400

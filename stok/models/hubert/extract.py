@@ -23,7 +23,7 @@ same parameters). Same products, other summation orders: features agree with tor
 
 **Frames.** Chunk or utterance of ``n >= 400`` samples -> ``floor((n - 400) / 320) + 1`` frames (frame k covers
 samples ``[320k, 320k + 400)``). Items shorter than 400 samples are zero-padded to 400 (one frame). Alignment to
-codec frames (``ceil(n / 320)``) is the caller's (:func:`stok.models.frames.align_teacher`).
+codec frames (``ceil(n / 320)``) is the caller's (:func:`stok.core.frames.align_teacher`).
 
 **Layers.** ``layer=L`` (1-based, as fairseq's ``output_layer``): the output of transformer layer L, without the
 final LayerNorm of pre-LN (large/xlarge) models, exactly what fairseq's ``extract_features(output_layer=L)``
@@ -66,17 +66,17 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.floa
           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 
 
-def parse_layer(layer: Union[int, str], num_layers: int) -> Union[int, str]:
-    """``"avg"`` or a 1-based layer number in ``1..num_layers`` (``"9"`` -> 9)."""
+def parse_layer(layer: Union[int, str], num_layers: int, what: str = "--layer") -> Union[int, str]:
+    """``"avg"`` or a 1-based layer number in ``1..num_layers`` (``"9"`` -> 9); errors name the setting ``what``."""
     if isinstance(layer, str):
         if layer.strip().lower() == "avg":
             return "avg"
         try:
             layer = int(layer)
         except ValueError:
-            raise ConfigError(f"--layer must be a number (1-based) or avg, got {layer!r}") from None
+            raise ConfigError(f"{what} must be a number (1-based) or avg, got {layer!r}") from None
     if not 1 <= int(layer) <= num_layers:
-        raise ConfigError(f"--layer {layer} is out of range: this model has layers 1..{num_layers} (or avg)")
+        raise ConfigError(f"{what} {layer} is out of range: this model has layers 1..{num_layers} (or avg)")
     return int(layer)
 
 

@@ -20,7 +20,7 @@ from typing import Any, Dict
 
 import numpy as np
 
-from stok.fileio import atomic_open
+from stok.core.fileio import atomic_open
 
 FORMAT = "stok-kmeans"
 VERSION = 1

@@ -34,6 +34,8 @@ import kaldiio
 import numpy as np
 from tqdm import tqdm
 
+from stok.core.tables import TableError, read_table
+
 log = logging.getLogger("stok.kmeans")
 
 _OFFSET = re.compile(r"^(?P<path>.+):(?P<offset>\d+)$")
@@ -47,19 +49,10 @@ def read_feats_scp(path: str) -> List[Tuple[str, str]]:
     """``(key, spec)`` pairs of a feature scp in file order; duplicate keys and bad lines name ``path:line``."""
     if not os.path.isfile(path):
         raise FeatsError(f"feature scp not found: {path} (stage 1 writes dump/<teacher>/<split>/feats.scp)")
-    out, seen = [], set()
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            parts = line.split(maxsplit=1)
-            if len(parts) != 2:
-                raise FeatsError(f"{path}:{i}: expected 'utt location', got {line!r}")
-            if parts[0] in seen:
-                raise FeatsError(f"{path}:{i}: duplicate key {parts[0]!r}")
-            seen.add(parts[0])
-            out.append((parts[0], parts[1]))
+    try:
+        out = list(read_table(path, scp=True).items())
+    except TableError as e:
+        raise FeatsError(str(e)) from None
     if not out:
         raise FeatsError(f"feature scp is empty: {path}")
     return out

@@ -16,7 +16,7 @@ from typing import Optional
 
 import torch
 
-from stok.fileio import atomic_torch_save
+from stok.core.fileio import atomic_torch_save
 from stok.models.s3.config import S3Config
 from stok.models.s3.encoder import LayerNorm32
 from stok.models.s3.model import S3Tokenizer

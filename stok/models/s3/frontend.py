@@ -22,7 +22,7 @@ from typing import Dict, Tuple
 
 import torch
 
-from stok.dump.model_api import TooShort
+from stok.core.model_api import TooShort
 from stok.models.s3.config import HOP, MIN_SAMPLES, N_FFT, SAMPLE_RATE
 
 N_MELS = 128

@@ -17,6 +17,7 @@ from typing import List, Optional
 
 import torch
 
+from stok.core.checksums import sha256_of
 from stok.models.s3.checkpoint import CheckpointError, load_checkpoint, read_metadata, save_checkpoint
 from stok.models.s3.config import VERSIONS
 from stok.models.s3.model import S3Tokenizer
@@ -30,12 +31,6 @@ def load_onnx(*args, **kwargs) -> S3Tokenizer:
     from stok.models.s3.onnx_import import load_onnx as load
 
     return load(*args, **kwargs)
-
-
-def file_sha256(path: str) -> str:
-    from stok.models.s3.onnx_import import file_sha256 as sha256
-
-    return sha256(path)
 
 
 @dataclass(frozen=True)
@@ -109,7 +104,7 @@ def _download(url: str, target: str, sha256: Optional[str], timeout: float = 60.
                 if not chunk:
                     break
                 out.write(chunk)
-        got = file_sha256(tmp)
+        got = sha256_of(tmp)
         if sha256 and got != sha256:
             raise ValueError(f"SHA-256 mismatch for {url}: got {got}, expected {sha256}")
         if not sha256:
@@ -126,7 +121,7 @@ def fetch(name: str) -> str:
     target = os.path.join(cache_dir(), f"{canon}.onnx")
     if os.path.isfile(target):
         if off.sha256:
-            got = file_sha256(target)
+            got = sha256_of(target)
             if got != off.sha256:
                 raise ModelNotFound(f"{target} is not the official {off.filename} of {canon}: SHA-256 {got}, "
                                     f"expected {off.sha256}; replace it with the file from {off.urls[0]}")

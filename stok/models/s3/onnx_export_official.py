@@ -50,7 +50,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from stok.fileio import atomic_open
+from stok.core.fileio import atomic_open
 from stok.models.s3.config import S3Config
 from stok.models.s3.encoder import rotary_tables
 from stok.models.s3.model import S3Tokenizer

@@ -24,7 +24,6 @@ the version (a 25 Hz file given as ``v1_50hz`` is an error, not 50 Hz tokens).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
@@ -36,6 +35,7 @@ import onnx
 import torch
 from onnx import numpy_helper
 
+from stok.core.checksums import file_sha256
 from stok.models.s3.config import S3Config, full_config
 from stok.models.s3.encoder import rotary_tables
 from stok.models.s3.model import S3Tokenizer
@@ -315,14 +315,6 @@ def _structure_hint(claims: Dict[str, list], cfg: S3Config) -> str:
     if "quantizer.project_in.weight" in claims and cfg.quantizer == "vq":
         hints.append("the graph has an FSQ projection: it is a v2/v3 model")
     return "; ".join(hints)
-
-
-def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def metadata_of(proto: onnx.ModelProto) -> Dict[str, str]:

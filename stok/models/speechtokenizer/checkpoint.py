@@ -13,7 +13,7 @@ from typing import Dict, Optional, Union
 
 import torch
 
-from stok.fileio import atomic_torch_save, atomic_write_text
+from stok.core.fileio import atomic_torch_save, atomic_write_text
 from stok.models.speechtokenizer.config import SpeechTokenizerConfig
 from stok.models.speechtokenizer.model import SpeechTokenizer
 

@@ -3,7 +3,7 @@
 The engine reads and resamples audio in its workers; ``encode`` runs one padded, length-sorted batch
 through the encoder with each item's true length and returns, per utterance, its ``ceil(samples / hop)``
 frames of the first ``n_q`` codebooks as int32 ``[T, n_q]`` (stored as exact float32 matrices, 4 bytes a
-code; read back with ``stok.dump.storage.load_codes``): by default through ``model.encode`` (on CPU item by
+code; read back with ``stok.core.storage.load_codes``): by default through ``model.encode`` (on CPU item by
 item: bitwise the one-at-a-time codes). With ``--cpu_kernels fast`` (``set_fast_cpu(True)``), on CPU in fp32,
 the batch runs through the inference fast path (:mod:`~stok.models.speechtokenizer.fast_encode`, ~1.4x on
 2 cores): the same codes but for flips where two codes are within float rounding of each other.
@@ -24,7 +24,7 @@ from typing import List, Sequence
 import numpy as np
 import torch
 
-from stok.dump.model_api import DumpModel
+from stok.core.model_api import DumpModel
 from stok.models.speechtokenizer.fast_encode import FastEncoder
 from stok.models.speechtokenizer.long_audio import ENCODE_MARGIN, ENCODE_SPAN, encode_windows
 from stok.models.speechtokenizer.model import SpeechTokenizer
@@ -33,6 +33,9 @@ from stok.models.speechtokenizer.model import SpeechTokenizer
 class STDumpModel(DumpModel):
     #: the fast path flips ~1% of frames at near-ties (random-weights benchmark): opt-in (--cpu_kernels fast)
     fast_cpu_by_default = False
+    # On CPU both paths run the convolutions item by item; --cpu_kernels fast runs the LSTM on the batch, which pays
+    # from 16 utterances on (stok.models.speechtokenizer.batched_lstm): the batch holds only 50 Hz features
+    batch_seconds = {"cpu": 600.0, "cuda": 600.0}
 
     def __init__(self, model: SpeechTokenizer, n_q: int = 0, dtype: torch.dtype = torch.float32,
                  weights_files: Sequence[str] = (), window: int = ENCODE_SPAN, margin: int = ENCODE_MARGIN):
@@ -109,7 +112,7 @@ class STDumpModel(DumpModel):
         return {"above_frames": self.window, "span_frames": self.window, "margin_frames": self.margin}
 
     def fingerprint(self) -> dict:
-        from stok.dump.fingerprint import file_sha256, module_checksum
+        from stok.core.checksums import file_sha256, module_checksum
 
         weights = ([file_sha256(p) for p in self.weights_files] if self.weights_files
                    else module_checksum(self.model))

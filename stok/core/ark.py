@@ -60,10 +60,28 @@ def read_shape(fd: BinaryIO, offset: int, where: str = "") -> Tuple[Tuple[int, .
     return tuple(np.shape(read_kaldi(fd))), kind
 
 
+_INT_PAIR = np.dtype([("size", "u1"), ("value", "<i4")])
+
+
+def _int32_vector(fd: BinaryIO, where: str) -> np.ndarray:
+    """The values of a Kaldi binary int32 vector (after its ``\\0B\\4`` token), read at once (kaldiio reads them
+    one by one)."""
+    n = struct.unpack("<i", fd.read(4))[0]
+    buf = fd.read(5 * n)
+    if len(buf) != 5 * n:
+        raise ArkRecordError(f"{where}: truncated int32 vector")
+    pairs = np.frombuffer(buf, dtype=_INT_PAIR)
+    if n and not (pairs["size"] == 4).all():
+        raise ArkRecordError(f"{where}: malformed int32 vector")
+    return pairs["value"].astype(np.int32)
+
+
 def read_array(fd: BinaryIO, offset: int, where: str = "") -> Tuple[np.ndarray, str]:
-    """(array, kind) of the record at ``offset``, decoded by kaldiio: int32 vectors as int32, matrices as float32."""
+    """(array, kind) of the record at ``offset``: int32 vectors as int32, matrices as float32 (decoded by kaldiio)."""
     fd.seek(offset)
     kind = _kind(fd, where)
+    if kind == "int32_vector":
+        return _int32_vector(fd, where), kind
     fd.seek(offset)
     return np.asarray(read_kaldi(fd)), kind
 

@@ -1,7 +1,8 @@
 """Crash-safe file writing used by every writer in stok: a temporary file beside the target, fsync, rename.
 
 A reader (or a rerun after a kill) sees either the old file or the complete new one, never a torn one;
-the temporary file is removed when writing fails.
+the temporary file is removed when writing fails. :func:`check_output_dir` tells, without touching anything,
+whether an output directory could be created and written (tools check it before they write).
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import os
 from typing import IO, Any, Iterator
+
+from stok.core.errors import UserError
 
 
 def fsync_dir(path: str) -> None:
@@ -55,3 +58,26 @@ def atomic_torch_save(obj: Any, path: str) -> None:
 
     with atomic_open(path) as f:
         torch.save(obj, f)
+
+
+def check_output_dir(path: str, what: str = "--output_dir") -> None:
+    """Raise :class:`UserError` unless ``path`` is (or could be created as) a writable directory.
+
+    Nothing is created: the nearest existing ancestor must be a writable directory.
+    """
+    if not path:
+        raise UserError(f"{what} is empty; give a directory for the output")
+    p = os.path.abspath(path)
+    if os.path.exists(p):
+        if not os.path.isdir(p):
+            raise UserError(f"{what} {path} exists and is not a directory; choose another path")
+        if not os.access(p, os.W_OK | os.X_OK):
+            raise UserError(f"{what} {path} is not writable; fix its permissions or choose another directory")
+        return
+    parent = os.path.dirname(p)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise UserError(f"{what} {path} cannot be created: {parent} is a file, not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"{what} {path} cannot be created: {parent} is not writable")

@@ -13,25 +13,29 @@ Flow per utterance and batch::
       -> model.encode(padded.to(device), lengths.to(device))  # in the main process
       -> list of numpy arrays, one per utterance, in batch order
 
-What ``encode`` returns decides how it is stored (see ``stok.dump.storage``):
+What ``encode`` returns decides how it is stored (see ``stok.core.storage``):
 
 - 1-D integer array ``[T]``          -> Kaldi int32 vector (single-codebook tokens).
 - 2-D integer array ``[T, n_q]``     -> Kaldi float32 matrix, frames as rows, exact integers
                                          (below 2^24); kaldiio reads them exactly, and
-                                         ``stok.dump.storage.load_codes`` returns int64.
+                                         ``stok.core.storage.load_codes`` returns int64.
 - 2-D float array ``[T, D]``         -> Kaldi float matrix (or two-byte compressed with
                                          ``--feature_storage compressed16``).
 """
 
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
 
 
-class TooShort(ValueError):
+class BadInput(ValueError):
+    """Raised by ``prepare`` for an item the model cannot take (its message is the reason); it goes to failed.list."""
+
+
+class TooShort(BadInput):
     """Raised by ``prepare`` when an utterance is too short for the model; it goes to failed.list."""
 
 
@@ -44,6 +48,13 @@ class DumpModel:
     min_samples: int = 1
     #: ``encode`` returns float features: ``--feature_storage`` applies, ``--text_output`` does not
     float_output: bool = False
+    #: padded audio seconds per batch when the user gives no budget (``--batch_seconds 0``), by device type:
+    #: the model's own rule, so every tool that dumps it batches alike
+    batch_seconds: Dict[str, float] = {"cpu": 240.0, "cuda": 240.0}
+
+    def default_batch_seconds(self, device: torch.device) -> float:
+        """The batch budget of :attr:`batch_seconds` for ``device`` (its type; other types take the CPU's)."""
+        return float(self.batch_seconds.get(torch.device(device).type, self.batch_seconds["cpu"]))
 
     def prepare(self, wave: torch.Tensor) -> torch.Tensor:
         """Per-utterance preprocessing in a worker process (CPU). Default: the waveform itself."""
@@ -90,8 +101,8 @@ class DumpModel:
 
     def fingerprint(self) -> dict:
         """What decides the values this model writes; recorded with the dump, and a resume with another
-        fingerprint is refused (``stok.dump.fingerprint``). Give the model's identity, checksums of its weights
-        (``stok.dump.fingerprint.file_sha256`` / ``weights_checksum``, cached; ``module_checksum`` for weights not
+        fingerprint is refused (``stok.dump.outputs``). Give the model's identity, checksums of its weights
+        (``stok.core.checksums.file_sha256`` / ``weights_checksum``, cached; ``module_checksum`` for weights not
         read from a file) and every setting that changes the outputs (version, dtype, layer, n_q ...); leave out
         what does not (paths, devices, batch sizes). Default: :meth:`describe`."""
         return self.describe()

@@ -14,7 +14,7 @@ from typing import List
 import numpy as np
 import torch
 
-from stok.dump.model_api import DumpModel
+from stok.core.model_api import DumpModel
 
 
 class EnergyTokens(DumpModel):

@@ -31,7 +31,8 @@ import kaldiio
 import numpy as np
 from kaldiio.matio import read_kaldi, write_array
 
-from stok.dump.ark_record import COMPRESSED, read_array, split_location
+from stok.core.ark import COMPRESSED, read_array, split_location
+from stok.core.tables import read_table
 
 FEATURE_STORAGES = ("float32", "compressed16")
 _FLOAT16_METHOD = 3  # kTwoByteAuto
@@ -60,21 +61,12 @@ def encode_record(array: np.ndarray, feature_storage: str = "float32") -> Tuple[
     return array.astype(np.float32, copy=False), method  # no copy of a long utterance's float32 features
 
 
-def _read_scp_lines(path: str) -> List[Tuple[str, str]]:
-    """(key, 'ark:offset') pairs; a torn last line (no newline) is ignored."""
+def read_scp(path: str) -> Dict[str, str]:
+    """``key -> 'ark:offset'`` of a dump scp (empty if the file does not exist); a torn last line (written
+    without its newline by a killed run) is ignored."""
     if not os.path.exists(path):
-        return []
-    with open(path, "rb") as f:
-        data = f.read()
-    lines = data.split(b"\n")
-    if lines and lines[-1] != b"":
-        lines = lines[:-1]  # torn tail: written without its newline
-    out = []
-    for line in lines:
-        parts = line.decode("utf-8").split(maxsplit=1)
-        if len(parts) == 2:
-            out.append((parts[0], parts[1]))
-    return out
+        return {}
+    return read_table(path, scp=True, torn_tail=True)
 
 
 def _record_end(ark_path: str, offset: int) -> Optional[int]:
@@ -103,7 +95,7 @@ class ShardWriter:
         self._scp = open(self.scp_path, "ab")
 
     def _recover(self) -> List[Tuple[str, str]]:
-        entries = _read_scp_lines(self.scp_path)
+        entries = list(read_scp(self.scp_path).items())
         ark_size = os.path.getsize(self.ark_path) if os.path.exists(self.ark_path) else 0
         # keep the longest prefix of entries whose last record is intact
         good_end = 0
@@ -155,7 +147,7 @@ def read_scp_entries(paths: List[str]) -> Dict[str, str]:
     """Merged key -> location of several scp files; a key in two files is an error."""
     out: Dict[str, str] = {}
     for path in paths:
-        for key, loc in _read_scp_lines(path):
+        for key, loc in read_scp(path).items():
             if key in out and out[key] != loc:
                 raise ValueError(f"{path}: key {key!r} was also written elsewhere ({out[key]})")
             out[key] = loc
@@ -189,7 +181,7 @@ def load_codes(path: str) -> Iterator[Tuple[str, np.ndarray]]:
     """(key, int64 codes) in scp order: ``[T]`` tokens or ``[T, n_q]`` codes, exactly as dumped."""
     handles: Dict[str, BinaryIO] = {}
     try:
-        for key, location in _read_scp_lines(path):
+        for key, location in read_scp(path).items():
             where = f"{path}:{key}"
             ark, offset = split_location(location)
             if ark not in handles:
