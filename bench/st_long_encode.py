@@ -14,7 +14,7 @@ memory, which random weights cannot show).
 For each forget bias and each margin: the latents of :func:`stok.models.speechtokenizer.long_audio.encode_windows`
 (windows of ``--span`` frames keeping ``margin`` frames of context on each inner side; ``--fast``: through
 ``--cpu_kernels fast``'s encoder instead of ``model.encode``) against the whole utterance's: the frames whose
-codes differ (any of the 8 layers, and RVQ-1 alone), the largest relative latent difference, and how near a
+codes differ (any of the 8 layers, RVQ-1 alone, and per layer), the largest relative latent difference, and how near a
 tie each flipped frame was (``tests.st_helpers.flip_margins``: a flip at a margin ~1e-6 or less is float
 rounding's). Printed as a table; the README states the row of the defaults (``ENCODE_SPAN``, ``ENCODE_MARGIN``).
 
@@ -128,8 +128,8 @@ def main() -> None:
           f"({args.span * hop / SR:g} s); encoder {'fast' if args.fast else 'reference'}; torch threads "
           f"{torch.get_num_threads()}", flush=True)
     print("| forget bias | margin (frames / s) | windows | frames differing (any layer) | RVQ-1 codes differing | "
-          "max rel. latent diff | flips at margin < 1e-5 | seconds |")
-    print("|---|---|---|---|---|---|---|---|")
+          "codes differing per layer (1..n_q) | max rel. latent diff | flips at margin < 1e-5 | seconds |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for fb in [float(x) for x in args.forget_bias.split(",")]:
         with torch.no_grad():
             for n, prm in lstm.named_parameters():
@@ -152,7 +152,8 @@ def main() -> None:
                 near = sum(abs(f) < 1e-5 for f in flips)
                 n_win = len(plan_windows(frames, args.span, margin))
                 print(f"| {fb:g} | {margin} / {margin * hop / SR:g} | {n_win} | {int(diff.sum())} of {frames} "
-                      f"({100 * diff.float().mean():.3f}%) | {int((ref[0] != got[0]).sum())} | {rel:.2e} | "
+                      f"({100 * diff.float().mean():.3f}%) | {int((ref[0] != got[0]).sum())} | "
+                      f"{' '.join(str(int(n)) for n in (ref != got).sum(1).tolist())} | {rel:.2e} | "
                       f"{near} of {len(flips)} | {secs:.1f} |", flush=True)
 
 

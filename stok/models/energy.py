@@ -33,7 +33,7 @@ class EnergyTokens(DumpModel):
     def encode(self, padded: torch.Tensor, lengths: torch.Tensor) -> List[np.ndarray]:
         b, t = padded.shape
         frames = -(-t // self.hop)
-        blocks = []
+        tokens = torch.empty(b, frames, dtype=torch.int32, device=padded.device)  # filled block by block
         for f0 in range(0, frames, self.block_frames):
             f1 = min(frames, f0 + self.block_frames)
             x = padded[:, f0 * self.hop: f1 * self.hop]
@@ -42,8 +42,7 @@ class EnergyTokens(DumpModel):
             valid = pos[None] < lengths[:, None, None]
             counts = valid.sum(-1).clamp(min=1)
             power = (x.square() * valid).sum(-1) / counts
-            blocks.append((torch.round(2 * torch.log2(power + 1e-10)) + 80).clamp(0, 127).to(torch.int32))
-        tokens = torch.cat(blocks, dim=1)
+            tokens[:, f0:f1] = (torch.round(2 * torch.log2(power + 1e-10)) + 80).clamp(0, 127)
         n = (lengths + self.hop - 1) // self.hop
         return [tokens[i, : int(n[i])].cpu().numpy() for i in range(b)]
 
