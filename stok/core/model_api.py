@@ -69,6 +69,8 @@ class DumpModel:
     def collate(self, items: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
         """Pad prepared items along their last axis; return (padded [B, ..., T], lengths [B])."""
         lengths = torch.tensor([x.shape[-1] for x in items], dtype=torch.long)
+        if len(items) == 1:  # nothing to pad: no copy (a long utterance's waveform is its batch)
+            return items[0][None], lengths
         tmax = int(lengths.max())
         shape = (len(items),) + tuple(items[0].shape[:-1]) + (tmax,)
         padded = items[0].new_zeros(shape)
