@@ -117,6 +117,7 @@ def test_dump_decode_eval_at_released_size(released, tmp_path):
                                "--device", "cpu", "--num_workers", "0", "--text_output"])
     assert summary["entries_in_scp"] == len(DURATIONS) and summary["failed"] == 0
     assert summary["model"]["codebook_size"] == 1024 and summary["model"]["n_q"] == 8
+    assert summary["model"]["windows"] == {"above_frames": 3000, "span_frames": 3000, "margin_frames": 250}
     scp = os.path.join(out, "st_codes.scp")
     plain, stok, cpp = dict(kaldiio.load_scp_sequential(scp)), dict(load_codes(scp)), kaldi_cpp.float_matrices(scp)
     lines = open(os.path.join(out, "st_codes.txt")).read().splitlines()
@@ -148,3 +149,33 @@ def test_dump_decode_eval_at_released_size(released, tmp_path):
         wav = released["wavs"][row["utt"]]
         rec = released["recon"][row["utt"]][0, 0, : wav.numel()].numpy()
         assert row["si_snr"] == pytest.approx(eval_bin.si_snr(wav.numpy(), rec), rel=1e-5)
+
+
+def test_long_utterance_windows_and_stream_at_released_size(released, tmp_path):
+    """The windowed encode and the streamed decode at the released size, on the 1 s utterance with windows of
+    0.4 s (20 frames, 5 of context) and chunks of 0.3 s: the codes are exactly what ``encode_windows`` gives with the
+    model's encode, and agree with whole-utterance codes but for near-ties; the 0.37 s utterance (19 frames) is
+    encoded whole, exactly; the streamed audio equals whole decoding within a PCM step."""
+    from stok.models.speechtokenizer.long_audio import encode_windows
+
+    model, wave = released["model"], released["wavs"]["utt000"]
+    out = str(tmp_path / "codes")
+    summary = dump_codes.main(["--model_dir", released["model_dir"], "--data_dir", released["data"], "--output_dir",
+                               out, "--device", "cpu", "--num_workers", "0", "--window_seconds", "0.4",
+                               "--window_margin_seconds", "0.1"])
+    assert summary["model"]["windows"] == {"above_frames": 20, "span_frames": 20, "margin_frames": 5}
+    got = dict(load_codes(os.path.join(out, "st_codes.scp")))
+    with torch.inference_mode():
+        windowed = encode_windows(model.encode, wave, 320, 20, 5)
+    np.testing.assert_array_equal(got["utt000"], windowed.T.numpy())
+    np.testing.assert_array_equal(got["utt001"], released["codes"]["utt001"][:, 0].T.numpy())
+    assert (got["utt000"][:, 0] == released["codes"]["utt000"][0, 0].numpy()).mean() > 0.9
+
+    scp = os.path.join(out, "st_codes.scp")
+    dec = str(tmp_path / "dec")
+    decode_bin.main(["--model_dir", released["model_dir"], "--codes_scp", scp, "--output_dir", dec, "--device",
+                     "cpu", "--chunk_seconds", "0.3"])
+    with torch.inference_mode():
+        ref = np.clip(model.decode(torch.from_numpy(got["utt000"].T.copy())[:, None])[0, 0].numpy(), -1, 1)
+    wav, _ = sf.read(os.path.join(dec, "wav", "utt000.wav"), dtype="float32")
+    np.testing.assert_allclose(wav, ref, rtol=0, atol=PCM_TOLERANCE)

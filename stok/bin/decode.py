@@ -8,7 +8,11 @@ Writes ``<output_dir>/wav/<utt>.wav`` (16-bit PCM at the model's rate, ``frames 
 tokenized again. Layers: column i of a codes record is RVQ layer i + 1. ``--first_layer k`` decodes from
 layer k + 1 on, i.e. the residual stack of layers k+1..: ``sum_i codebook_i[code_i]`` over those layers
 only (``--first_layer 0 --n_q 1`` is RVQ-1 alone, the content layer; ``--first_layer 1`` leaves it out).
-Codes are decoded in length-sorted batches, each item with its own length. ``decode_info.json`` records
+Codes are decoded in length-sorted batches, each item with its own length; an utterance longer than
+``--chunk_seconds`` (60 s) is decoded as a stream of chunks of that length and written as it comes, so memory
+does not grow with its length (the decoder's LSTM state is carried from chunk to chunk and the convolutions
+see their neighbours' frames: the audio equals whole-utterance decoding to float32 rounding, see
+``stok.models.speechtokenizer.long_audio``). ``decode_info.json`` records
 what made the audio (checksums of the model files, the codes scp, the layers): a rerun with the same skips the
 files already written; a rerun with others is refused, naming what differs, unless ``--overwrite``, which
 removes the old audio once every check (options, codes, model load) has passed. Every check runs before
@@ -23,7 +27,7 @@ import json
 import logging
 import os
 import time
-from typing import List, Tuple
+from typing import Iterator, List, Tuple
 
 import numpy as np
 import soundfile as sf
@@ -39,6 +43,7 @@ from stok.core.fileio import atomic_open, atomic_write_text, check_output_dir
 from stok.core.records import refuse_other_record
 from stok.core.storage import load_codes
 from stok.core.tables import read_table
+from stok.models.speechtokenizer.long_audio import decode_stream
 from stok.models.speechtokenizer.model_args import STModelSettings
 
 log = logging.getLogger("stok.decode")
@@ -54,6 +59,10 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--n_q", type=int, default=0, help="layers to use from --first_layer on (0: all that are there)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--batch_seconds", type=float, default=60.0, help="max padded audio seconds per decode batch")
+    p.add_argument("--chunk_seconds", type=float, default=60.0,
+                   help="utterances longer than this are decoded as a stream of chunks of this length, written as "
+                        "they come, so that an hour takes the memory of a minute (whole, the decoder needs ~20 MB "
+                        "per second of audio at the released size); 0: every utterance whole")
     p.add_argument("--limit", type=int, default=0, help="decode only the first N utterances")
     p.add_argument("--overwrite", action="store_true",
                    help="remove the audio already in --output_dir (after every check passed) and decode everything")
@@ -66,11 +75,23 @@ def _write_wav(path: str, wav: np.ndarray, sample_rate: int) -> None:
         sf.write(f, np.clip(wav, -1.0, 1.0), sample_rate, format="WAV", subtype="PCM_16")
 
 
+def _write_wav_stream(path: str, blocks: Iterator[torch.Tensor], sample_rate: int) -> int:
+    """Write consecutive waveform blocks as one WAV file (atomically); returns the samples written."""
+    n = 0
+    with atomic_open(path) as f, sf.SoundFile(f, "w", sample_rate, 1, subtype="PCM_16", format="WAV") as out:
+        for block in blocks:
+            out.write(np.clip(block.float().cpu().numpy(), -1.0, 1.0))
+            n += block.numel()
+    return n
+
+
 def check_args(args) -> None:
     if args.first_layer < 0 or args.n_q < 0 or args.limit < 0:
         raise UserError("--first_layer, --n_q and --limit must be >= 0")
     if not args.batch_seconds > 0:
         raise UserError(f"--batch_seconds must be > 0, got {args.batch_seconds}")
+    if not args.chunk_seconds >= 0:
+        raise UserError(f"--chunk_seconds must be >= 0 (0: whole utterances), got {args.chunk_seconds}")
     if not os.path.isfile(args.codes_scp):
         raise UserError(f"--codes_scp {args.codes_scp} not found (stage 4 writes dump/st_codes/<split>/st_codes.scp)")
     check_output_dir(args.output_dir)
@@ -175,12 +196,19 @@ def main(argv=None) -> dict:
 
     wav_dir = start_output(args.output_dir, record, args.overwrite)
     todo = [(k, c) for k, c in items if args.overwrite or not os.path.exists(os.path.join(wav_dir, k + ".wav"))]
+    chunk = int(round(args.chunk_seconds * cfg.sample_rate / cfg.hop))
+    streamed = [(k, c) for k, c in todo if chunk and len(c) > chunk]
+    whole = [(k, c) for k, c in todo if not (chunk and len(c) > chunk)]
     frames_budget = int(args.batch_seconds * cfg.sample_rate / cfg.hop)
-    batches = make_batches([len(c) for _, c in todo], frames_budget, 0, bucketing=True)
+    batches = make_batches([len(c) for _, c in whole], frames_budget, 0, bucketing=True)
     start, seconds = time.time(), 0.0
     with torch.inference_mode(), tqdm(total=len(todo), desc="decode", unit="utt") as bar:
+        for key, c in streamed:
+            blocks = decode_stream(model, torch.from_numpy(c.T).to(device), args.first_layer, chunk)
+            seconds += _write_wav_stream(os.path.join(wav_dir, key + ".wav"), blocks, cfg.sample_rate) / cfg.sample_rate
+            bar.update(1)
         for idx in batches:
-            group = [todo[i] for i in idx]
+            group = [whole[i] for i in idx]
             lengths = torch.tensor([len(c) for _, c in group], device=device)
             padded = torch.zeros(last - args.first_layer, len(group), int(lengths.max()), dtype=torch.long, device=device)
             for b, (_, c) in enumerate(group):

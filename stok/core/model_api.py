@@ -69,6 +69,8 @@ class DumpModel:
     def collate(self, items: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
         """Pad prepared items along their last axis; return (padded [B, ..., T], lengths [B])."""
         lengths = torch.tensor([x.shape[-1] for x in items], dtype=torch.long)
+        if len(items) == 1:  # nothing to pad: no copy (a long utterance's waveform is its batch)
+            return items[0][None], lengths
         tmax = int(lengths.max())
         shape = (len(items),) + tuple(items[0].shape[:-1]) + (tmax,)
         padded = items[0].new_zeros(shape)
@@ -87,6 +89,11 @@ class DumpModel:
     def set_fast_cpu(self, enabled: bool) -> None:
         """``--cpu_kernels``: True lets ``encode`` use the model's CPU fast kernels in fp32 (same values to float32
         rounding); False runs its plain reference modules. Default: the model has no such kernels."""
+
+    def set_cpu_kernels(self, kernels: str) -> None:
+        """``--cpu_kernels`` as given (auto, fast or reference): ``set_fast_cpu`` (auto: ``fast_cpu_by_default``).
+        A model whose best path for ``auto`` depends on the CPU overrides this."""
+        self.set_fast_cpu(self.fast_cpu_by_default if kernels == "auto" else kernels == "fast")
 
     @torch.inference_mode()
     def encode(self, padded: torch.Tensor, lengths: torch.Tensor) -> List[np.ndarray]:

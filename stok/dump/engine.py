@@ -8,8 +8,8 @@ fingerprint, :mod:`stok.dump.outputs`). A dump finished before with the same fin
 since, is not redone (:mod:`stok.dump.completion`). Otherwise it creates the dir (``--overwrite``: removes the
 old outputs) and records the fingerprint, shards the items over ``torchrun`` ranks (or runs one ``--shard i/N``
 job), skips what earlier runs wrote, batches the rest by length (the budget is the model's default for the device
-unless given), loads them in DataLoader workers, calls ``model.encode`` per padded batch, writes each result
-crash-safely to the shard's ark/scp under a lock (:mod:`stok.core.locks`: no second writer), lists failures, and
+unless given), loads them in DataLoader workers (threads for audio on CPU), calls ``model.encode`` per padded
+batch, writes each result crash-safely to the shard's ark/scp under a lock (:mod:`stok.core.locks`: no second writer), lists failures, and
 (rank 0, or a ``--merge_only`` run) merges everything at the end. A model only says how a padded batch becomes
 codes (:class:`stok.core.model_api.DumpModel`). User mistakes raise :class:`stok.core.errors.UserError`.
 """
@@ -122,8 +122,7 @@ def run_dump(settings: DumpSettings, build_model: Callable[[torch.device], DumpM
     info = distributed.setup(settings.device, settings.threads, settings.shard_index())
     show = info.is_main or not info.group  # rank 0 of a torchrun run, or a shard job of its own
     model = build_model(info.device)
-    kernels = settings.cpu_kernels
-    model.set_fast_cpu(model.fast_cpu_by_default if kernels == "auto" else kernels == "fast")
+    model.set_cpu_kernels(settings.cpu_kernels)
     _check_model(model, settings, name)
     fingerprint = dump_fingerprint(model, settings, name)
     identity = _identity(inp, settings)

@@ -26,15 +26,23 @@ class EnergyTokens(DumpModel):
     def num_frames(self, num_samples: int) -> int:
         return -(-num_samples // self.hop)
 
+    #: frames computed at a time (a long utterance's temporaries stay the size of one block)
+    block_frames = 3000
+
     @torch.inference_mode()
     def encode(self, padded: torch.Tensor, lengths: torch.Tensor) -> List[np.ndarray]:
         b, t = padded.shape
         frames = -(-t // self.hop)
-        x = torch.nn.functional.pad(padded, (0, frames * self.hop - t)).view(b, frames, self.hop)
-        valid = torch.arange(frames * self.hop, device=padded.device).view(frames, self.hop)[None] < lengths[:, None, None]
-        counts = valid.sum(-1).clamp(min=1)
-        power = (x.square() * valid).sum(-1) / counts
-        tokens = (torch.round(2 * torch.log2(power + 1e-10)) + 80).clamp(0, 127).to(torch.int32)
+        tokens = torch.empty(b, frames, dtype=torch.int32, device=padded.device)  # filled block by block
+        for f0 in range(0, frames, self.block_frames):
+            f1 = min(frames, f0 + self.block_frames)
+            x = padded[:, f0 * self.hop: f1 * self.hop]
+            x = torch.nn.functional.pad(x, (0, (f1 - f0) * self.hop - x.shape[1])).view(b, f1 - f0, self.hop)
+            pos = torch.arange(f0 * self.hop, f1 * self.hop, device=padded.device).view(f1 - f0, self.hop)
+            valid = pos[None] < lengths[:, None, None]
+            counts = valid.sum(-1).clamp(min=1)
+            power = (x.square() * valid).sum(-1) / counts
+            tokens[:, f0:f1] = (torch.round(2 * torch.log2(power + 1e-10)) + 80).clamp(0, 127)
         n = (lengths + self.hop - 1) // self.hop
         return [tokens[i, : int(n[i])].cpu().numpy() for i in range(b)]
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Union
+from typing import Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -60,7 +60,9 @@ class TeacherSettings(Settings):
         100.0, minimum=0, help="longer inputs go through HuBERT in frame-aligned chunks of at most this length "
                                "(fairseq max_chunk: 100 s); 0: whole files")
     dtype: str = setting("float32", choices=("float32", "float16", "bfloat16"),
-                         help="HuBERT compute precision (autocast; features are stored as float32 either way)")
+                         help="HuBERT compute precision (features are stored as float32 either way): on GPUs autocast; on "
+                              "CPU bfloat16 multiplies the transformer's Linear layers in bfloat16 and needs bfloat16 "
+                              "dot products (AVX-512 BF16 or AMX; refused elsewhere)")
     frontend: str = setting(
         "auto", choices=("auto", "per_item", "batched"),
         help="HuBERT conv front end: per utterance, or batched with per-utterance GroupNorm statistics (both "
@@ -94,9 +96,22 @@ class Teacher(DumpModel):
         raise NotImplementedError
 
     def extract_waves(self, waves: Sequence[torch.Tensor]) -> List[torch.Tensor]:
-        """Aligned ``[codec_frames(n), D]`` float32 features of 1-D waveforms."""
-        feats = self.features(waves)
-        return [align_teacher(f, codec_frames(w.numel(), HOP)) for f, w in zip(feats, waves)]
+        """Aligned ``[codec_frames(n), D]`` float32 features of 1-D waveforms (a long one, :meth:`is_long`, is
+        gathered block by block into its output)."""
+        out: List[Optional[torch.Tensor]] = [None] * len(waves)
+        whole = [i for i, w in enumerate(waves) if not self.is_long(w.numel())]
+        if whole:
+            for i, f in zip(whole, self.features([waves[i] for i in whole])):
+                out[i] = align_teacher(f, codec_frames(waves[i].numel(), HOP))
+        for i, w in enumerate(waves):
+            if out[i] is None:
+                at = 0
+                for f in self.feature_blocks(w):
+                    if out[i] is None:
+                        out[i] = f.new_empty(codec_frames(w.numel(), HOP), f.shape[1])
+                    out[i][at: at + f.shape[0]] = f
+                    at += f.shape[0]
+        return out
 
     def extract(self, wav: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
         """Aligned features of a padded batch ``[B, T]`` (or ``[B, 1, T]``) with valid ``lengths``."""
@@ -109,6 +124,30 @@ class Teacher(DumpModel):
         return self.extract_waves([wav[i, : int(n)] for i, n in enumerate(lengths.tolist())])
 
     __call__ = extract
+
+    def is_long(self, num_samples: int) -> bool:
+        """Whether the teacher computes an input of ``num_samples`` samples in several blocks
+        (:meth:`feature_blocks`); such an input is best consumed block by block."""
+        return False
+
+    def _raw_blocks(self, wave: torch.Tensor) -> Iterator[torch.Tensor]:
+        """Unaligned features of one waveform in consecutive blocks (default: one block)."""
+        yield self.features([wave])[0]
+
+    @torch.no_grad()
+    def feature_blocks(self, wave: torch.Tensor) -> Iterator[torch.Tensor]:
+        """The aligned features of one 1-D waveform (``extract_waves([wave])[0]``) as consecutive row blocks, so a
+        long input's features need not be held whole (k-means labels straight from audio)."""
+        want, have, last = codec_frames(wave.numel(), HOP), 0, None
+        for f in self._raw_blocks(wave):
+            f = f[: max(0, want - have)]
+            if f.shape[0]:
+                yield f
+                have, last = have + f.shape[0], f[-1:]
+        if have < want:
+            if last is None:
+                raise ValueError(f"no teacher frames to pad to {want}")
+            yield last.expand(want - have, last.shape[1])
 
     @torch.no_grad()
     def encode(self, padded: torch.Tensor, lengths: torch.Tensor) -> List[np.ndarray]:
@@ -142,6 +181,12 @@ class HubertTeacher(Teacher):
     def features(self, waves):
         return self.extractor.extract(waves)
 
+    def is_long(self, num_samples: int) -> bool:
+        return 0 < self.extractor.max_chunk < max(num_samples, 400)
+
+    def _raw_blocks(self, wave: torch.Tensor) -> Iterator[torch.Tensor]:
+        return self.extractor.extract_blocks(wave)
+
     def describe(self) -> dict:
         return {"model": "hubert", "frame_rate": self.sample_rate / HOP, "frames": "ceil(samples/320)",
                 **self.extractor.describe()}
@@ -152,8 +197,9 @@ class HubertTeacher(Teacher):
         from stok.core.checksums import weights_checksum
 
         d = self.describe()
-        keep = ("model", "frame_rate", "layer", "num_layers", "dim", "normalize", "max_chunk", "dtype", "architecture")
-        return {**{k: d[k] for k in keep}, "weights_sha256": weights_checksum(self.extractor.loaded.source)}
+        keep = ("model", "frame_rate", "layer", "num_layers", "dim", "normalize", "max_chunk", "dtype", "architecture",
+                "cpu_precision")  # cpu_precision: only in CPU bfloat16 runs
+        return {**{k: d[k] for k in keep if k in d}, "weights_sha256": weights_checksum(self.extractor.loaded.source)}
 
 
 class MfccTeacher(Teacher):

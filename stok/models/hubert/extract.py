@@ -20,6 +20,9 @@ run through :mod:`stok.models.hubert.cpu_kernels` and the transformer's Linear l
 (:mod:`stok.models.packed_linear`; the extractor turns its model's Linear layers into ``PackedLinear`` in place,
 same parameters). Same products, other summation orders: features agree with torchaudio's to float32 rounding
 (<= 1e-4 at full size, tests/test_cpu_fast_paths.py). ``fast_cpu=False`` runs torchaudio's own modules.
+With ``dtype="bfloat16"`` on CPU the fast path multiplies the transformer's Linear layers in bfloat16 (fp32
+accumulation, float32 results: residual stream, LayerNorm, attention and the conv front end stay fp32), fast where
+the CPU has bfloat16 dot products (``stok.models.cpu_isa``); without ``fast_cpu`` (and on GPUs) it is autocast.
 
 **Frames.** Chunk or utterance of ``n >= 400`` samples -> ``floor((n - 400) / 320) + 1`` frames (frame k covers
 samples ``[320k, 320k + 400)``). Items shorter than 400 samples are zero-padded to 400 (one frame). Alignment to
@@ -39,14 +42,17 @@ the last chunk) whose starts are multiples of 320 and which overlap by 80 sample
 has the same frame count as an unchunked run (fairseq's plain slicing loses a frame per chunk boundary). Each
 chunk is its own item (own GroupNorm statistics, attention within the chunk), as in fairseq; the waveform
 normalisation of large models is over the whole file, as in fairseq. ``max_chunk=0`` processes every input
-whole. Nothing is truncated: every sample contributes to exactly the frames it would whole.
+whole. Nothing is truncated: every sample contributes to exactly the frames it would whole. The chunks of a
+file longer than ``max_chunk`` go through the model one at a time (:meth:`HubertExtractor.extract_blocks`), apart
+from the other inputs of the batch, so memory is bounded by one chunk whatever the file's length (the features
+of the whole file are the output); inputs of one chunk are batched together as above.
 """
 
 from __future__ import annotations
 
 import math
 from contextlib import nullcontext
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -142,7 +148,8 @@ class HubertExtractor:
     def set_fast_cpu(self, enabled: bool) -> "HubertExtractor":
         """The CPU kernels (see module docstring) on or off; off, the model is torchaudio's modules again."""
         self.fast_cpu = bool(enabled)
-        use_packed_linears(self.model.encoder, self.fast_cpu)
+        compute = torch.bfloat16 if self.dtype == torch.bfloat16 else torch.float32
+        use_packed_linears(self.model.encoder, self.fast_cpu, compute_dtype=compute)
         return self
 
     def to(self, device) -> "HubertExtractor":
@@ -151,12 +158,13 @@ class HubertExtractor:
 
     # ------------------------------------------------------------------------------------------------
     def _autocast(self):
-        if self.dtype == torch.float32:
+        if self.dtype == torch.float32 or self._fast(self.device):
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.dtype)
 
     def _fast(self, device: torch.device) -> bool:
-        return self.fast_cpu and device.type == "cpu" and self.dtype == torch.float32
+        """The CPU kernels run: fp32, or bfloat16 products in the Linear layers (module docstring)."""
+        return self.fast_cpu and device.type == "cpu" and self.dtype in (torch.float32, torch.bfloat16)
 
     def _frontend_per_item(self, chunks: Sequence[torch.Tensor]) -> List[torch.Tensor]:
         if self._fast_frontend is not None and self._fast(chunks[0].device):
@@ -214,31 +222,56 @@ class HubertExtractor:
             x, _ = layer(x, mask)
         return x.float()
 
+    def _prepare(self, w: torch.Tensor) -> torch.Tensor:
+        """A 1-D waveform on the model's device, float32, zero-padded to one frame, normalised if asked."""
+        w = w.to(device=self.device, dtype=torch.float32).reshape(-1)
+        if w.numel() < RECEPTIVE_FIELD:
+            w = F.pad(w, (0, RECEPTIVE_FIELD - w.numel()))
+        return F.layer_norm(w, w.shape) if self.normalize else w
+
+    def _run(self, chunks: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+        """Features ``[conv_frames(n), D]`` of prepared inputs, batched as one."""
+        with self._autocast():
+            batched = self.frontend == "batched" or (self.frontend == "auto" and chunks[0].device.type == "cuda")
+            feats = self._frontend_batched(chunks) if batched else self._frontend_per_item(chunks)
+            out = self._transformer(feats)
+        return [out[j, : f.shape[0]] for j, f in enumerate(feats)]
+
     @torch.no_grad()
     def extract(self, waves: Sequence[torch.Tensor]) -> List[torch.Tensor]:
         """Features ``[conv_frames(n), D]`` float32 (on the model's device) for 1-D waveforms at 16 kHz."""
         if not len(waves):
             return []
-        device = self.device
-        chunks: List[torch.Tensor] = []
-        owner: List[int] = []
-        for i, w in enumerate(waves):
-            w = w.to(device=device, dtype=torch.float32).reshape(-1)
-            if w.numel() < RECEPTIVE_FIELD:
-                w = F.pad(w, (0, RECEPTIVE_FIELD - w.numel()))
-            if self.normalize:
-                w = F.layer_norm(w, w.shape)
-            for s, e in chunk_bounds(w.numel(), self.max_chunk):
-                chunks.append(w[s:e])
-                owner.append(i)
-        with self._autocast():
-            batched = self.frontend == "batched" or (self.frontend == "auto" and device.type == "cuda")
-            feats = self._frontend_batched(chunks) if batched else self._frontend_per_item(chunks)
-            out = self._transformer(feats)
-        per_utt: List[List[torch.Tensor]] = [[] for _ in waves]
-        for j, (i, f) in enumerate(zip(owner, feats)):
-            per_utt[i].append(out[j, : f.shape[0]])
-        return [torch.cat(parts, 0) if len(parts) > 1 else parts[0] for parts in per_utt]
+        prepared = [self._prepare(w) for w in waves]
+        whole = [i for i, w in enumerate(prepared) if len(chunk_bounds(w.numel(), self.max_chunk)) == 1]
+        out: List[Optional[torch.Tensor]] = [None] * len(waves)
+        if whole:
+            for i, f in zip(whole, self._run([prepared[i] for i in whole])):
+                out[i] = f
+        for i, w in enumerate(prepared):
+            if out[i] is None:  # longer than max_chunk: chunk by chunk, into the output
+                total = sum(conv_frames(e - s) for s, e in chunk_bounds(w.numel(), self.max_chunk))
+                at = 0
+                for f in self._blocks(w):
+                    if out[i] is None:
+                        out[i] = f.new_empty(total, f.shape[1])
+                    out[i][at: at + f.shape[0]] = f
+                    at += f.shape[0]
+        return out
+
+    def _blocks(self, w: torch.Tensor) -> Iterator[torch.Tensor]:
+        for s, e in chunk_bounds(w.numel(), self.max_chunk):
+            yield self._run([w[s:e]])[0]
+
+    @torch.no_grad()
+    def extract_blocks(self, wave: torch.Tensor) -> Iterator[torch.Tensor]:
+        """The features of one waveform as :meth:`extract` gives them, chunk by chunk (``max_chunk``): consecutive
+        ``[frames, D]`` blocks whose concatenation is ``extract([wave])[0]``."""
+        w = self._prepare(wave)
+        if len(chunk_bounds(w.numel(), self.max_chunk)) == 1:
+            yield self._run([w])[0]
+        else:
+            yield from self._blocks(w)
 
     def extract_padded(self, padded: torch.Tensor, lengths: torch.Tensor) -> List[torch.Tensor]:
         """:meth:`extract` on a zero-padded batch ``[B, T]`` with valid lengths ``[B]``."""
@@ -249,7 +282,8 @@ class HubertExtractor:
     def describe(self) -> dict:
         from stok.models.hubert.configs import describe_config
 
+        cpu_bf16 = {"cpu_precision": "linear=bf16"} if self.dtype == torch.bfloat16 and self._fast(self.device) else {}
         return {"layer": self.layer, "num_layers": self.num_layers, "dim": self.dim, "normalize": self.normalize,
-                "max_chunk": self.max_chunk, "dtype": str(self.dtype).replace("torch.", ""),
+                "max_chunk": self.max_chunk, "dtype": str(self.dtype).replace("torch.", ""), **cpu_bf16,
                 "architecture": describe_config(self.config), "source": self.loaded.source,
                 "format": self.loaded.fmt}

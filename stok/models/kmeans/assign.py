@@ -75,6 +75,8 @@ class Assigner:
         """One product for several utterances ([T_i, D] each): int32 label vectors, in order."""
         if not len(mats):
             return []
+        if len(mats) == 1:  # no copy of a long utterance's features
+            return [self(mats[0])]
         lens = [int(m.shape[0]) for m in mats]
         if isinstance(mats[0], torch.Tensor):
             x = torch.cat([m.to(self.device, torch.float32) for m in mats])

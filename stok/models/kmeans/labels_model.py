@@ -4,7 +4,9 @@
   (dimension, finite values), packed without padding, and every frame of a batch is assigned in one pass.
 - :class:`KMeansLabels`: audio goes through the teacher's own ``prepare``/``collate``/``encode`` (so the frames
   are exactly those a feature dump would store), then every utterance of the batch is assigned in one matrix
-  product on the engine's device; no feature dump is needed.
+  product on the engine's device; no feature dump is needed. An utterance the teacher computes in several
+  blocks (HuBERT above ``--max_chunk_seconds``) is assigned block by block as the teacher gives them
+  (``Teacher.feature_blocks``), so its features are never held whole: memory does not grow with its length.
 
 Output: one int32 label vector per utterance (``km_labels.scp`` through the engine).
 """
@@ -44,15 +46,35 @@ class KMeansLabels(DumpModel):
         self.assigner.to(device)
         return self
 
+    def _check(self, shape) -> None:
+        if len(shape) != 2 or shape[1] != self.km.dim:
+            raise ValueError(f"the teacher gives features of shape {tuple(shape)}, the k-means model "
+                             f"{self.km_path or ''} has dimension {self.km.dim}: use the teacher (and layer) "
+                             "the model was fitted on")
+
     @torch.inference_mode()
     def encode(self, padded: torch.Tensor, lengths: torch.Tensor) -> List[np.ndarray]:
-        feats = self.teacher.encode(padded, lengths)
-        for f in feats:
-            if np.ndim(f) != 2 or np.shape(f)[1] != self.km.dim:
-                raise ValueError(f"the teacher gives features of shape {np.shape(f)}, the k-means model "
-                                 f"{self.km_path or ''} has dimension {self.km.dim}: use the teacher (and layer) "
-                                 "the model was fitted on")
-        return self.assigner.assign_many(feats)
+        is_long = getattr(self.teacher, "is_long", lambda n: False)
+        long = {i for i, n in enumerate(lengths.tolist()) if is_long(int(n))}
+        short = [i for i in range(len(lengths)) if i not in long]
+        out: List[np.ndarray] = [None] * len(lengths)
+        if short:
+            if long:
+                idx = torch.tensor(short, device=padded.device)
+                feats = self.teacher.encode(padded[idx][..., : int(lengths[idx].max())], lengths[idx])
+            else:
+                feats = self.teacher.encode(padded, lengths)
+            for f in feats:
+                self._check(np.shape(f))
+            for i, labels in zip(short, self.assigner.assign_many(feats)):
+                out[i] = labels
+        for i in sorted(long):
+            parts = []
+            for f in self.teacher.feature_blocks(padded[i, : int(lengths[i])]):
+                self._check(f.shape)
+                parts.append(self.assigner(f.float()))
+            out[i] = np.concatenate(parts)
+        return out
 
     def describe(self) -> dict:
         return {"model": "kmeans_labels", "teacher": self.teacher.describe(), "n_clusters": self.km.n_clusters,

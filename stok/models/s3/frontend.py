@@ -7,6 +7,13 @@ over 0-8 kHz -> log10(max(mel, 1e-10)) -> floored at (max of **that utterance** 
 The floor uses the utterance's own maximum: a maximum taken over a padded batch changes the features.
 :func:`batch_log_mel` reflect-pads every utterance at its own end, so each utterance's frames equal
 :func:`log_mel` of that utterance alone. Inputs of at most 200 samples cannot be framed (``TooShort``).
+
+**Long inputs.** Whole, the STFT of an hour takes ~0.6 GB and its power, mel and log copies as much again. Above
+:data:`BLOCK_FRAMES` frames :func:`log_mel` computes the mel power in nearly equal blocks of at most that many
+frames (each frame from its own 400 reflect-padded samples) into the output, then takes the log, the utterance's
+maximum and the floor in place on the whole output, with the same calls on the same ``[128, frames]`` tensor as
+the whole computation: the features are bitwise the same (tested; the blocks are never small, as a matrix product
+of a few columns may take another kernel), and the memory is the output's plus one block.
 """
 
 from __future__ import annotations
@@ -20,6 +27,8 @@ from stok.models.s3.config import HOP, MIN_SAMPLES, N_FFT, SAMPLE_RATE
 
 N_MELS = 128
 _PAD = N_FFT // 2
+#: log_mel computes longer inputs this many frames (30 s) at a time
+BLOCK_FRAMES = 3000
 _cache: Dict[Tuple[str, int], Tuple[torch.Tensor, torch.Tensor]] = {}
 
 
@@ -66,9 +75,23 @@ def log_mel(wave: torch.Tensor) -> torch.Tensor:
     check_length(wave.numel())
     wave = wave.float()
     window, fb = _filters(wave.device)
-    spec = torch.stft(wave, N_FFT, HOP, window=window, center=True, pad_mode="reflect", return_complex=True)
-    power = spec[:, :-1].abs() ** 2
-    return _log_compress(fb @ power)
+    n, frames = wave.numel(), mel_frames(wave.numel())
+    if frames <= BLOCK_FRAMES:
+        spec = torch.stft(wave, N_FFT, HOP, window=window, center=True, pad_mode="reflect", return_complex=True)
+        power = spec[:, :-1].abs() ** 2
+        return _log_compress(fb @ power)
+    mel = torch.empty(fb.shape[0], frames, device=wave.device)
+    count = -(-frames // BLOCK_FRAMES)
+    bounds = [frames * k // count for k in range(count + 1)]  # nearly equal blocks: no tiny matrix product
+    for t0, t1 in zip(bounds[:-1], bounds[1:]):
+        # frame t reads samples [160 t - 200, 160 t + 200) of the reflect-padded waveform
+        idx = torch.arange(t0 * HOP - _PAD, (t1 - 1) * HOP + _PAD, device=wave.device).abs()
+        idx = torch.where(idx >= n, 2 * (n - 1) - idx, idx)
+        spec = torch.stft(wave[idx], N_FFT, HOP, window=window, center=False, return_complex=True)
+        torch.matmul(fb, spec.abs() ** 2, out=mel[:, t0:t1])
+    logm = torch.clamp(mel, min=1e-10, out=mel).log10_()
+    torch.maximum(logm, logm.amax(dim=(-2, -1), keepdim=True) - 8.0, out=logm)
+    return logm.add_(4.0).div_(4.0)
 
 
 @torch.no_grad()

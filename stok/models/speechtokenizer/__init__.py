@@ -6,6 +6,7 @@
 - :mod:`~stok.models.speechtokenizer.rvq`: residual VQ (k-means init, EMA, dead codes; DDP-synchronised).
 - :mod:`~stok.models.speechtokenizer.model`: :class:`SpeechTokenizer` (``forward``, ``encode``, ``decode``).
 - :mod:`~stok.models.speechtokenizer.checkpoint`: the released ``config.json`` + ``SpeechTokenizer.pt`` pair.
+- :mod:`~stok.models.speechtokenizer.long_audio`: any length in bounded memory (windowed encode, streamed decode).
 
 Typical use::
 

@@ -26,6 +26,10 @@ item, see :mod:`~stok.models.speechtokenizer.conv` for the weight norm):
   ``decode(encode(x)[i:], first_layer=i)`` decodes the part of the latent that layers ``i..`` carry. (The
   package's ``encode(st=i)`` quantizes the raw encoder output with layers ``i..`` instead of the residual,
   which is not what those layers were trained on; here ``encode`` always starts at layer 0.)
+
+**Memory** grows with the input (~17 MB per second of audio to encode, ~20 MB to decode, at the released size on
+CPU): for long utterances use :mod:`~stok.models.speechtokenizer.long_audio` (what ``stok-dump-codes`` and
+``stok-decode`` do above 60 s).
 """
 
 from __future__ import annotations
