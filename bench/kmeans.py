@@ -33,6 +33,15 @@ Every model's inertia is measured on the same 2 M float32 frames by the same fun
 time >= 1.5 x streamed time.
 
     python bench/kmeans.py --scale --workdir /work/scratch/kmeans/bench [--scale_n 2000000] [--big_n 10000000]
+
+``--write_scp DIR``: only a synthetic feature scp (CM2 records, as stage 1's compressed16 storage) of ``--scale_n``
+frames in utterances of 615 frames; ``--distinct_frames M`` stores only M frames and lets later utterances reuse
+those records, so LibriSpeech's HuBERT-sized stage 1 (173 M frames, 281,301 utterances) takes 3 GB of disk, and
+``stok-kmeans learn`` runs on it as run.sh does (the 10% sample: 17.3 M x 768):
+
+    python bench/kmeans.py --scale --write_scp /work/scratch/kmeans/ls --scale_n 173000000 --distinct_frames 2000000
+    /usr/bin/time -v stok-kmeans learn --feats_scp /work/scratch/kmeans/ls/feats.scp --n_clusters 500 \
+        --percent 0.1 --output /work/scratch/kmeans/exp/km500.npz
 """
 
 from __future__ import annotations

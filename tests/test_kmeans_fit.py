@@ -185,3 +185,22 @@ def test_model_file_errors(tmp_path):
     np.savez(nan, centroids=np.full((2, 2), np.nan, np.float32))
     with pytest.raises(KMeansModelError, match="non-finite"):
         KMeansModel.load(str(nan))
+
+
+@pytest.mark.parametrize("rows", [300, 10922])  # index_add_ below CSR_MIN_ROWS, the sparse product above
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_add_rows_equals_per_row_sums(rows, dtype):
+    from stok.models.kmeans.lloyd import CSR_MIN_ROWS, add_rows
+
+    assert (rows >= CSR_MIN_ROWS) == (rows > 1000)
+    g = torch.Generator().manual_seed(rows)
+    x = torch.randn(rows, 64, generator=g, dtype=dtype)
+    lab = torch.randint(0, 40, (rows,), generator=g)
+    lab[lab == 7] = 8  # a label no row has
+    sums = torch.ones(40, 64, dtype=dtype)
+    add_rows(sums, lab, x, alpha=-1)
+    ref = np.ones((40, 64))
+    for i, j in enumerate(lab.tolist()):
+        ref[j] -= x[i].double().numpy()
+    np.testing.assert_allclose(sums.double().numpy(), ref, rtol=0, atol=1e-4 if dtype == torch.float32 else 1e-10)
+    assert (sums[7] == 1).all()

@@ -12,6 +12,7 @@ disk gives exactly the centroids of the same sample in memory.
 
 from __future__ import annotations
 
+import warnings
 from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -21,6 +22,7 @@ PRUNE_MIN_WORK = 16384  # k x D below which Lloyd passes do not use the bounds
 FLUSH_FRAMES = 1 << 18  # float32 partial sums over at most this many frames, then into the float64 sums
 PLAIN_ABOVE = 0.6  # a bounded pass where more frames than this share may move runs as a plain pass
 MOVERS = 8  # centroids with the largest drifts, bounded one by one in a bounded pass
+CSR_MIN_ROWS = 4096  # rows from which CPU sums go through a sparse one-hot product instead of index_add_
 
 
 def fit_chunk_rows(k: int, dim: int, device: torch.device) -> int:
@@ -32,6 +34,26 @@ def fit_chunk_rows(k: int, dim: int, device: torch.device) -> int:
 def whole_chunks(block_rows: int, chunk: int) -> int:
     """Rows of a block: ``block_rows`` rounded down to whole compute chunks (at least one chunk)."""
     return max(1, block_rows // chunk) * chunk
+
+
+def add_rows(sums: torch.Tensor, lab: torch.Tensor, x: torch.Tensor, alpha: float = 1.0) -> None:
+    """``sums[lab[i]] += alpha * x[i]`` for every row of ``x``. On CPU as one sparse product (a CSR one-hot
+    ``[k, rows]`` matrix times ``x``) for a whole compute chunk: ``index_add_`` scatters element by element there
+    (a quarter of a full pass at k = 500, D = 768; 75 ms against 25 ms of CPU time for 10,922 rows, measured on a
+    busy 2-core AVX-512 EPYC). Fewer rows (a bounded pass's moved frames) keep ``index_add_``: the sparse
+    product's fixed cost was not clearly below it there."""
+    if sums.device.type != "cpu" or len(lab) < CSR_MIN_ROWS:
+        sums.index_add_(0, lab, x, alpha=alpha)
+        return
+    k = sums.shape[0]
+    crow = torch.zeros(k + 1, dtype=torch.int64)
+    torch.cumsum(torch.bincount(lab, minlength=k), 0, out=crow[1:])
+    cols = torch.argsort(lab, stable=True)
+    vals = torch.full((len(lab),), float(alpha), dtype=x.dtype)
+    with warnings.catch_warnings():  # "sparse CSR support is in beta": only construction and mm are used
+        warnings.simplefilter("ignore", UserWarning)
+        onehot = torch.sparse_csr_tensor(crow, cols, vals, size=(k, len(lab)))
+    sums += onehot @ x
 
 
 class TensorFrames:
@@ -106,7 +128,7 @@ class Lloyd:
 
     def _top2(self, xb: torch.Tensor, C: torch.Tensor, cc: torch.Tensor):
         dist = torch.addmm(cc[None], xb, C.T, alpha=-2)
-        xx = (xb * xb).sum(1)
+        xx = torch.einsum("ij,ij->i", xb, xb)  # one reduction, no [chunk, D] temporary
         d1, lab = dist.min(1)
         if self.prune:
             dist.scatter_(1, lab[:, None], float("inf"))
@@ -153,7 +175,7 @@ class Lloyd:
                 far.add(mind, s)
                 if self.prune:
                     self.lab[s:e], self.ub[s:e], self.lb[s:e] = lab, mind.sqrt(), d2
-                sums32.index_add_(0, lab, xb)
+                add_rows(sums32, lab, xb)
                 counts += torch.bincount(lab, minlength=k)
                 pending += len(xb)
                 if pending >= FLUSH_FRAMES:
@@ -231,8 +253,8 @@ class Lloyd:
                 moved = lab != own
                 if bool(moved.any()):
                     xm = xb[moved].double()
-                    sums.index_add_(0, lab[moved], xm)
-                    sums.index_add_(0, own[moved], xm, alpha=-1)
+                    add_rows(sums, lab[moved], xm)
+                    add_rows(sums, own[moved], xm, alpha=-1)
                     counts += torch.bincount(lab[moved], minlength=self.k) - torch.bincount(own[moved],
                                                                                           minlength=self.k)
                     self.lab[idx] = lab.to(torch.int32)
