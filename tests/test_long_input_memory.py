@@ -67,7 +67,7 @@ def test_decode_memory_is_one_chunk(st_model, tmp_path):
 
 def test_dump_s3_memory_is_one_window(tmp_path):
     """20 min against 30 s (one 30 s window): within 2 waveforms, 2 log-mels and the slack (the whole-utterance
-    log-mel front end took ~X MB more)."""
+    log-mel front end holds the STFT and its power, mel and log copies of the whole input)."""
     from stok.models.s3.checkpoint import save_checkpoint
     from stok.models.s3.config import tiny_config
     from stok.models.s3.model import build_model
@@ -86,7 +86,7 @@ def test_dump_s3_memory_is_one_window(tmp_path):
 
 def test_dump_mfcc_memory_is_one_block(tmp_path):
     """20 min against 60 s (one MFCC block): within 2 waveforms and the slack (Kaldi's framing of the whole
-    utterance took ~X MB more)."""
+    utterance holds several ``[frames, 512]`` copies)."""
     peaks = {}
     for seconds in (60.0, 1200.0):
         data = one_file_dir(str(tmp_path / f"d{seconds:g}"), seconds)
@@ -111,7 +111,7 @@ def hubert_ckpt(tmp_path_factory):
 @pytest.mark.parametrize("tool", ["features", "kmeans"])
 def test_hubert_memory_is_one_chunk(hubert_ckpt, tmp_path, tool):
     """240 s in 10 s chunks against 10 s (one chunk): within a waveform, the features (the dump's output) and the
-    slack (all chunks in one batch took ~X MB more)."""
+    slack (all chunks of the file in one batch hold every chunk's activations at once)."""
     from stok.models.kmeans.model import KMeansModel
 
     km = str(tmp_path / "km.npz")
