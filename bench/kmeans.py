@@ -19,6 +19,20 @@ model (float32 distances, float64 sums). Then label assignment of ``--assign_fra
 1,000,000; the 200k frames five times) with ``stok.models.kmeans.Assigner`` and, as a reference, faiss IndexFlatL2.
 
     python bench/kmeans.py [--quick] [--sklearn_n_init 1[,20]] [--with_faiss] [--json_out results.json]
+
+``--scale``: k-means beyond memory. The same generator, written block by block (the first 2 M frames of the
+10 M set are the 2 M set) to ``--workdir`` as .npy files: float32 and float16 [2 M, 768], float16 [10 M, 768].
+Each fit runs alone in a child process (its peak RSS from the kernel, ``wait4``), k = 500, seed 0:
+  in memory: ``fit_kmeans`` on the float32 frames loaded into memory (what ``learn`` does when the fit fits);
+  streamed, float16 / float32: ``fit_kmeans`` on the on-disk file (``sample_file.DiskFrames``: what ``learn``
+  does past ``--memory_gb``), same block size as the in-memory fit;
+  faiss-cpu ``Kmeans`` (niter 20, max_points_per_centroid large enough to use every frame, its random init);
+  streamed float16 on the 10 M set (does not fit in memory here: 30.7 GB of float32).
+Every model's inertia is measured on the same 2 M float32 frames by the same function; times are fit times
+(data already written or loaded). Targets (issue 20): streamed inertia <= 1.005 x in-memory and <= faiss, faiss
+time >= 1.5 x streamed time.
+
+    python bench/kmeans.py --scale --workdir /work/scratch/kmeans/bench [--scale_n 2000000] [--big_n 10000000]
 """
 
 from __future__ import annotations
@@ -56,7 +70,22 @@ def mean_inertia(x: np.ndarray, centroids: np.ndarray) -> float:
     return float(d.astype(np.float64).mean())
 
 
+def cpu_isa() -> str:
+    try:
+        flags = next(l for l in open("/proc/cpuinfo") if l.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return "unknown ISA"
+    if "avx512f" in flags:
+        extra = [f for f in ("avx512_bf16", "avx512_vnni") if f in flags]
+        return "AVX-512" + (f" ({', '.join(extra)})" if extra else "")
+    return "AVX2" if "avx2" in flags else "pre-AVX2"
+
+
 def main() -> None:
+    if "--scale" in sys.argv or "--child" in sys.argv:
+        from bench.kmeans_scale import scale_main
+
+        return scale_main()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=200_000)
     p.add_argument("--dim", type=int, default=768)
@@ -74,7 +103,7 @@ def main() -> None:
         args.n, args.k, args.assign_frames, args.repeats = 50_000, 100, 200_000, 1
     n_inits = [] if args.no_sklearn else [int(v) for v in args.sklearn_n_init.split(",") if v]
 
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch threads "
+    print(f"machine: {platform.processor() or platform.machine()} {cpu_isa()}, {os.cpu_count()} CPUs, torch threads "
           f"{torch.get_num_threads()}, load average {os.getloadavg()[0]:.2f} at start", flush=True)
     t = time.perf_counter()
     x = make_data(args.n, args.dim, seed=args.seed)

@@ -21,7 +21,15 @@ vary; timing does not depend on the weights' origin). Modes, all with the same t
       its own log-mel, ``padding`` and ``quantize``, fixed batches of 32 in file order, one process;
   (d) ``torchrun --nproc_per_node N -m stok.bin.dump_s3`` (N processes of cores/N threads, the model saved as
       a stok checkpoint; ``--nproc N``), timed end to end including process start-up and model loading
-      (the other modes' models and sessions are built and warmed up before their timing starts).
+      (the other modes' models and sessions are built and warmed up before their timing starts);
+  (r) the stok dump engine as (c) with ``--dtype bf16`` on CPU (bf16 matrix products by the version's recipe,
+      ``stok.models.s3.cpu_infer.BF16``; only on CPUs with AVX-512 BF16 or AMX): speed, and the share of tokens
+      equal to (a)'s fp32 tokens.
+
+The engine modes (c), (r) use the model built in this process; its weights checksum (what a real run reads from
+its cache, ``$STOK_CACHE/checksums.json``) is computed once before timing.
+Every figure is printed with the CPU's instruction sets (``stok.models.cpu_isa``: AVX2 / AVX-512 / +BF16 / +AMX /
++VNNI): CPU speeds are only comparable within one ISA.
 
 Printed per version: wall time and audio seconds per wall second of each mode; tokens that differ from (a),
 with how many of those are near-ties (decision margin under 1e-5, ``stok.models.s3.margins``: rounding's
@@ -53,10 +61,13 @@ from bench.roofline import fraction, gemm_peak, print_peak  # noqa: E402
 from stok.bin.dump_s3 import NAME, get_parser  # noqa: E402
 from stok.data.audio import load_audio  # noqa: E402
 from stok.dump.engine import run_dump  # noqa: E402
+from stok.core.checksums import module_checksum  # noqa: E402
 from stok.dump.settings import DumpSettings  # noqa: E402
 from stok.core.storage import load_codes  # noqa: E402
 from stok.models.s3.checkpoint import save_checkpoint  # noqa: E402
+from stok.models.cpu_isa import cpu_isa  # noqa: E402
 from stok.models.s3.config import full_config  # noqa: E402
+from stok.models.s3.cpu_infer import BF16, FP32  # noqa: E402
 from stok.models.s3.dump_model import S3DumpModel  # noqa: E402
 from stok.models.s3.frontend import log_mel, mel_frames  # noqa: E402
 from stok.models.s3.long_audio import plan_windows  # noqa: E402
@@ -203,8 +214,15 @@ def torchrun(ckpt, version, nproc, data_dir, out_dir, workers, device, dtype, ex
 
 LABELS = {"a": "stok one at a time, reference kernels", "b": "stok batches of 32, file order",
           "c": "stok engine (bucketing, workers)", "o": "CosyVoice extractor (onnxruntime, 1 thread/session)",
-          "p": "s3tokenizer package, batches of 32", "d": "stok engine under torchrun"}
-RATIOS = (("c", "a"), ("c", "b"), ("c", "o"), ("c", "p"), ("d", "o"), ("d", "p"), ("d", "c"))
+          "p": "s3tokenizer package, batches of 32", "d": "stok engine under torchrun",
+          "r": "stok engine --dtype bf16 (CPU bf16 products)"}
+RATIOS = (("c", "a"), ("c", "b"), ("c", "o"), ("c", "p"), ("d", "o"), ("d", "p"), ("d", "c"), ("r", "o"), ("r", "c"))
+
+
+def agreement(ref, got) -> str:
+    same = sum(int(np.sum(np.asarray(got[k])[: len(v)] == v)) if len(got[k]) == len(v) else 0 for k, v in ref.items())
+    total = sum(len(v) for v in ref.values())
+    return f"{100.0 * same / total:.2f}% of {total} tokens equal to fp32"
 
 
 def compare(ref, got, margins_of):
@@ -242,6 +260,10 @@ def main(argv=None):
     modes = args.modes.split(",")
     if set(modes) - set(LABELS) or ("d" in modes and not args.nproc):
         p.error(f"--modes takes {','.join(LABELS)}; d needs --nproc")
+    isa = cpu_isa().label if args.device == "cpu" else args.device
+    if "r" in modes and (args.device != "cpu" or not cpu_isa().bf16):
+        print(f"mode (r) left out: --dtype bf16 on CPU needs AVX-512 BF16 or AMX; this CPU is {isa}", flush=True)
+        modes = [m for m in modes if m != "r"]
     n = args.n or (24 if args.quick else 100)
     hi = args.max_seconds or (8.0 if args.quick else 30.0)
     threads = args.threads or os.cpu_count() or 1
@@ -249,7 +271,7 @@ def main(argv=None):
     work = args.workdir or tempfile.mkdtemp(prefix="s3bench_")
     keys, paths, audio = make_corpus(os.path.join(work, "data"), n, args.min_seconds, hi, seed=0)
     print(f"corpus: {n} utterances, {args.min_seconds:g}-{hi:g} s shuffled, {audio:.1f} s of audio; "
-          f"torch threads {threads}, {os.cpu_count()} cores", flush=True)
+          f"torch threads {threads}, {os.cpu_count()} cores; ISA {isa}", flush=True)
     peak = gemm_peak() if args.device == "cpu" else None
     if peak:
         print_peak(peak)
@@ -268,6 +290,7 @@ def main(argv=None):
         session = cosyvoice_session(onnx_path) if "o" in modes else None
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
         model.to(args.device).set_dtype(dtype)
+        model.info["source_sha256"] = module_checksum(model)  # a real run reads its weights checksum from the cache
         with torch.inference_mode():  # warm-up (both kernel sets, the peer): first calls are not part of any time
             for fast in (False, True):
                 model.set_fast_cpu(fast).quantize(torch.randn(2, 128, 300, device=model.device),
@@ -285,12 +308,29 @@ def main(argv=None):
             finally:
                 model.set_fast_cpu(True)
 
+        def reduced():
+            model.set_cpu_precision(BF16[version])
+            try:
+                return engine(model, os.path.join(work, "data"), os.path.join(work, f"dump_{version}_bf16"),
+                              args.workers, args.engine_opts.split() + ["--dtype", "bf16"])
+            finally:
+                model.set_cpu_precision(FP32)
+
+        @torch.inference_mode()
+        def warm(precision):  # packed weights in place before timing, as onnxruntime's session has its own
+            model.set_fast_cpu(True).set_cpu_precision(precision)
+            model.quantize(torch.randn(1, 128, 300, device=model.device), torch.tensor([300]))
+            model.set_cpu_precision(FP32)
+
+        warm_up = {"c": lambda: warm(FP32), "r": lambda: warm(BF16[version])}
+
         runners = {
             "a": reference,
             "b": lambda: fixed_batches(model, keys, paths),
             "c": lambda: engine(model, os.path.join(work, "data"), os.path.join(work, f"dump_{version}"),
                                 args.workers, args.engine_opts.split() + ["--dtype", args.dtype]),
             "o": lambda: cosyvoice_ort(session, keys, paths, threads),
+            "r": reduced,
             "p": lambda: peer_batches(peer, keys, paths),
             "d": lambda: torchrun(ckpt, version, args.nproc, os.path.join(work, "data"),
                                   os.path.join(work, f"dump_{version}_d"), args.workers, args.device,
@@ -300,11 +340,13 @@ def main(argv=None):
         for r in range(max(1, args.repeats)):
             for mode in modes:
                 torch.set_num_threads(threads)
+                if args.device == "cpu" and mode in warm_up:
+                    warm_up[mode]()
                 t = time.perf_counter()
                 toks[mode] = runners[mode]()
                 dt = time.perf_counter() - t
                 times[mode] = min(dt, times.get(mode, dt))
-                print(f"  {version} ({mode}) run {r + 1}: {dt:8.1f} s  {audio / dt:6.2f} audio s/s", flush=True)
+                print(f"  {version} ({mode}) run {r + 1}: {dt:8.1f} s  {audio / dt:6.2f} audio s/s [{isa}]", flush=True)
 
         margins = {}
 
@@ -317,18 +359,23 @@ def main(argv=None):
 
         flops = sum(s3_flops(model.cfg, frames[k]) for k in keys)
         ref = "a" if "a" in toks else modes[0]
-        print(f"{version} [{args.device} {args.dtype}]: audio seconds per wall second; tokens differing from ({ref}) "
-              f"(near-ties: decision margin < 1e-5); model FLOPs of the corpus {flops / 1e12:.2f} TFLOP")
+        print(f"{version} [{args.device} {args.dtype}, {isa}]: audio seconds per wall second; tokens differing from "
+              f"({ref}) (near-ties: decision margin < 1e-5); model FLOPs of the corpus {flops / 1e12:.2f} TFLOP")
         for mode in modes:
-            diff, ties, total = compare(toks[ref], toks[mode], margins_of)
-            line = f"  ({mode}) {LABELS[mode]:<52} {audio / times[mode]:7.2f}  ({diff} of {total} differ, {ties} near-ties)"
+            if mode == "r":  # reduced precision: agreement, not near-ties
+                tokens = agreement(toks[ref], toks[mode])
+            else:
+                diff, ties, total = compare(toks[ref], toks[mode], margins_of)
+                tokens = f"{diff} of {total} differ, {ties} near-ties"
+            line = f"  ({mode}) {LABELS[mode]:<52} {audio / times[mode]:7.2f} [{isa}]  ({tokens})"
             if peak:
                 cores = os.cpu_count() if mode == "d" else min(threads, os.cpu_count())
                 line += "  " + fraction(flops, times[mode], peak["gflops"], cores)
+                line += " (fp32 peak)" if mode == "r" else ""
             print(line, flush=True)
         ratios = [f"{a}/{b} = {times[b] / times[a]:.2f}" for a, b in RATIOS if a in times and b in times]
         if ratios:
-            print("  speed ratios: " + ", ".join(ratios), flush=True)
+            print(f"  speed ratios [{isa}]: " + ", ".join(ratios), flush=True)
         if peak:
             cores = min(threads, os.cpu_count())
             ceiling = flops / (peak["gflops"] * 1e9 * cores)

@@ -15,7 +15,14 @@ noise) so that codes are spread. The data: ``--n_utts`` utterances of random aud
       (how much nearer, relatively, the code (b) chose is than the code (a) chose, measured on (b)'s
       residual): a flip at a float near-tie;
   (c) when the public ``speechtokenizer`` package is installed (and not ``--no_public``): its ``encode`` on each
-      utterance alone, with the same weights; its codes are compared with (a) too.
+      utterance alone, with the same weights; its codes are compared with (a) too;
+  (e) the same batches through the fast path's exact mode (``FastEncoder(exact=True)``: ELU by the model's module,
+      LSTMs item by item; bitwise (a)'s codes), which ``--cpu_kernels auto`` runs where it beats (a)
+      (``stok.models.speechtokenizer.dump_model.auto_kernels``).
+
+Every figure is printed with the CPU's instruction sets (``stok.models.cpu_isa``). ``ATEN_CPU_CAPABILITY=avx2
+ONEDNN_MAX_CPU_ISA=AVX2`` makes torch and oneDNN run their AVX2 kernels on an AVX-512 CPU (an approximation of an
+AVX2 machine; printed as such).
 
 ``--nproc N`` instead times ``stok-dump-codes --cpu_kernels fast`` end to end (model load, audio reading,
 writing; ``--num_workers 0``) on the same utterances written as float WAV files: one process with every
@@ -47,8 +54,9 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from stok.bin.dump_codes import CPU_BATCH_SECONDS  # noqa: E402
+
 from stok.core.bucketing import make_batches  # noqa: E402
+from stok.models.cpu_isa import cpu_isa  # noqa: E402
 from stok.models.speechtokenizer import SpeechTokenizer, SpeechTokenizerConfig  # noqa: E402
 from stok.models.speechtokenizer.dump_model import STDumpModel  # noqa: E402
 from tests.st_helpers import flip_margins as st_flip_margins  # noqa: E402
@@ -216,7 +224,7 @@ def main() -> None:
     p.add_argument("--n_utts", type=int, default=16)
     p.add_argument("--min_seconds", type=float, default=1.0)
     p.add_argument("--max_seconds", type=float, default=8.0)
-    p.add_argument("--batch_seconds", type=float, default=CPU_BATCH_SECONDS,
+    p.add_argument("--batch_seconds", type=float, default=STDumpModel.batch_seconds["cpu"],
                    help="padded audio per batch in (b) (default: stok-dump-codes' CPU default)")
     p.add_argument("--batch_size", type=int, default=64, help="utterances per batch in (b) (the dump's default)")
     p.add_argument("--repeats", type=int, default=2, help="rounds of (a), (b), (c); the fastest of each counts")
@@ -240,6 +248,8 @@ def main() -> None:
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     dump = STDumpModel(model, dtype=dtype)
     dump.set_fast_cpu(True)  # stok-dump-codes --cpu_kernels fast
+    exact = STDumpModel(model, dtype=dtype)
+    exact.set_cpu_kernels("exact")
     batches = engine_batches(wavs, args.batch_seconds, args.batch_size)
 
     def autocast():
@@ -247,6 +257,11 @@ def main() -> None:
             return torch.autocast(device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
+    isa = cpu_isa().label
+    if os.environ.get("ATEN_CPU_CAPABILITY") or os.environ.get("ONEDNN_MAX_CPU_ISA"):
+        isa += (f" running ATEN_CPU_CAPABILITY={os.environ.get('ATEN_CPU_CAPABILITY', '-')} "
+                f"ONEDNN_MAX_CPU_ISA={os.environ.get('ONEDNN_MAX_CPU_ISA', '-')} kernels")
+    print(f"ISA: {isa}")
     print(f"device {device} ({torch.get_num_threads()} CPU threads), {args.dtype}; model built and codebooks "
           f"filled in {setup:.1f} s; {args.n_utts} utterances, {total:.1f} s of audio "
           f"({args.min_seconds:g}-{args.max_seconds:g} s); (b): {len(batches)} batch(es) of <= "
@@ -267,13 +282,16 @@ def main() -> None:
         theirs = theirs.eval().to(device)
     elif not args.no_public:
         print("(c) skipped: the public speechtokenizer package is not installed")
-    times = {"a": [], "b": [], "c": []}
+    times = {"a": [], "b": [], "c": [], "e": []}
     for rnd in range(args.repeats):
         with torch.no_grad():
             t, codes_a = run_single(model.encode, wavs, device, autocast)
             times["a"].append(t)
             t, codes_b = run_dump_model(dump, wavs, batches, device)
             times["b"].append(t)
+            if device.type == "cpu" and args.dtype == "fp32":
+                t, codes_e = run_dump_model(exact, wavs, batches, device)
+                times["e"].append(t)
             if theirs is not None:
                 t, codes_c = run_single(theirs.encode, wavs, device, autocast)
                 times["c"].append(t)
@@ -284,13 +302,17 @@ def main() -> None:
              n_diff(codes_a, codes_b))]
     if theirs is not None:
         rows.append(("(c) public speechtokenizer, one at a time", min(times["c"]), n_diff(codes_a, codes_c)))
+    if times["e"]:
+        rows.append(("(e) fast path, exact mode, same batches", min(times["e"]), n_diff(codes_a, codes_e)))
     n_codes = sum(c.numel() for c in codes_a)
-    print(f"\n{'method':<48} {'wall s':>8} {'audio s/s':>10} {'speed vs (a)':>12} "
+    print(f"\n[{isa}]\n{'method':<48} {'wall s':>8} {'audio s/s':>10} {'speed vs (a)':>12} "
           f"{'codes differing from (a)':>25}")
     for name, t, diff in rows:
         print(f"{name:<48} {t:>8.1f} {total / t:>10.2f} {t_a / t:>11.2f}x {diff:>12d} of {n_codes}")
     if theirs is not None:
         print(f"(b) vs (c), the public package one at a time: {min(times['c']) / t_b:.2f}x")
+        if times["e"]:
+            print(f"(e) vs (c): {min(times['c']) / min(times['e']):.2f}x")
     margins = flip_margins(model, dump, wavs, batches, codes_a, codes_b)
     frames = sum(c.shape[1] for c in codes_a)
     if margins:

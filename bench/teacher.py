@@ -21,7 +21,13 @@ torch thread count, models built and warmed up before timing unless said otherwi
   (d) ``torchrun --nproc_per_node N -m stok.bin.dump_features ...`` (``--nproc N`` processes of cores/N
       threads), end to end including process start-up and model loading;
   (n) for reference, torchaudio's plain padded batch call on (b)'s batches: fast, but wrong for base
-      (its GroupNorm statistics include the padding).
+      (its GroupNorm statistics include the padding);
+  (r) the dump engine as (e) with ``--dtype bfloat16`` (CPU: the Linear layers' products in bfloat16; only on CPUs
+      with AVX-512 BF16 or AMX), with its own copy of the model. Besides the feature difference it prints the share
+      of frames whose k-means label (``--clusters`` clusters, ``stok.models.kmeans``, learned on (t)'s fp32
+      features of the set) equals the label of the fp32 features.
+
+Every figure is printed with the CPU's instruction sets (``stok.models.cpu_isa``).
 
 Printed per layer: wall time and audio seconds per wall second of each mode, the speed ratios against (t)
 (and d/e), the max |difference| of each mode's features from (t) (from stok's plain-kernel extractor for avg,
@@ -48,20 +54,35 @@ import torchaudio
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.roofline import fraction, gemm_peak, print_peak  # noqa: E402
-from stok.bin.dump_features import CPU_BATCH_SECONDS, NAME, get_parser  # noqa: E402
+from stok.bin.dump_features import NAME, get_parser  # noqa: E402
 from stok.core.bucketing import make_batches  # noqa: E402
 from stok.dump.engine import run_dump  # noqa: E402
 from stok.dump.settings import DumpSettings  # noqa: E402
 from stok.models.hubert import load_hubert  # noqa: E402
 from stok.models.hubert.configs import get_config  # noqa: E402
+from stok.models.cpu_isa import cpu_isa  # noqa: E402
 from stok.models.hubert.extract import HubertExtractor, conv_frames  # noqa: E402
 from stok.models.teacher import HubertTeacher  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LABELS = {"t": "torchaudio hubert_base, one at a time", "a": "stok extractor, one at a time",
           "b": "stok extractor, length-sorted batches", "e": "stok dump engine (stok-dump-features)",
-          "d": "stok dump engine under torchrun", "n": "torchaudio padded batches (wrong for base)"}
-RATIOS = (("a", "t"), ("b", "t"), ("e", "t"), ("d", "t"), ("d", "e"))
+          "d": "stok dump engine under torchrun", "n": "torchaudio padded batches (wrong for base)",
+          "r": "stok dump engine --dtype bfloat16"}
+RATIOS = (("a", "t"), ("b", "t"), ("e", "t"), ("d", "t"), ("d", "e"), ("r", "t"), ("r", "e"))
+
+
+def label_agreement(reference, feats, clusters: int) -> str:
+    """Share of frames whose k-means label (``clusters`` centroids learned on ``reference``) is the same for
+    ``feats``."""
+    from stok.models.kmeans.assign import Assigner
+    from stok.models.kmeans.fit import fit_kmeans
+
+    ref = torch.cat([f.float() for f in reference])
+    assigner = Assigner(fit_kmeans(ref, min(clusters, ref.shape[0] // 4), seed=0).centroids)
+    got = torch.cat([f.float() for f in feats])
+    same = (assigner.assign_tensor(ref) == assigner.assign_tensor(got)).double().mean().item()
+    return f"k-means labels {100 * same:.2f}% equal"
 
 
 def make_set(root: str, n: int, lo: float, hi: float, seed: int = 0):
@@ -123,7 +144,7 @@ def main() -> None:
     p.add_argument("--num_utts", type=int, default=40)
     p.add_argument("--min_s", type=float, default=1.0)
     p.add_argument("--max_s", type=float, default=16.0)
-    p.add_argument("--batch_seconds", type=float, default=CPU_BATCH_SECONDS,
+    p.add_argument("--batch_seconds", type=float, default=HubertTeacher.batch_seconds["cpu"],
                    help="padded audio seconds per batch for (b), (e), (d) (default: stok-dump-features' CPU default)")
     p.add_argument("--layers", default="9", help="comma-separated --layer values to measure (numbers or avg)")
     p.add_argument("--modes", default="t,a,b,e,d", help="what to run, in order (see above)")
@@ -133,6 +154,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=2, help="run the modes this many times, interleaved; best time counts")
     p.add_argument("--quick", action="store_true", help="12 utterances of 1-8 s, modes t,e, one run")
     p.add_argument("--workdir", default="", help="where the set, the weights and the dumps go (default: a temp dir)")
+    p.add_argument("--clusters", type=int, default=1024, help="k-means clusters for (r)'s label agreement")
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args()
     if args.quick:
@@ -140,6 +162,10 @@ def main() -> None:
     modes = args.modes.split(",")
     if set(modes) - set(LABELS):
         p.error(f"--modes takes {','.join(LABELS)}")
+    isa = cpu_isa().label
+    if "r" in modes and not cpu_isa().bf16:
+        print(f"mode (r) left out: --dtype bfloat16 on CPU needs AVX-512 BF16 or AMX; this CPU is {isa}", flush=True)
+        modes = [m for m in modes if m != "r"]
     threads = args.threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
     work = args.workdir or tempfile.mkdtemp(prefix="teacher_bench_")
@@ -162,8 +188,8 @@ def main() -> None:
     padded_s = sum(len(b) * max(lengths[i] for i in b) for b in batches) / 16000
     print(f"set: {len(waves)} utterances, {audio_s:.0f} s of audio ({args.min_s}-{args.max_s} s), {len(batches)} "
           f"batches of <= {args.batch_seconds:g} s (padding {100 * (1 - audio_s / padded_s):.1f}%), torch threads "
-          f"{threads}, {os.cpu_count()} cores, HuBERT base ({sum(q.numel() for q in baseline.parameters()) / 1e6:.1f} "
-          "M params, random weights)", flush=True)
+          f"{threads}, {os.cpu_count()} cores ({isa}), HuBERT base "
+          f"({sum(q.numel() for q in baseline.parameters()) / 1e6:.1f} M params, random weights)", flush=True)
     peak = gemm_peak()
     print_peak(peak)
     extra = ["--batch_seconds", f"{args.batch_seconds:g}"]
@@ -173,7 +199,7 @@ def main() -> None:
         n_layers = ex.num_layers if ex.layer == "avg" else ex.layer
         ta_layers = None if ex.layer == "avg" else ex.layer
         teacher = HubertTeacher(ex)
-
+        ex16 = HubertExtractor(load_hubert(ckpt), layer=layer, dtype="bfloat16") if "r" in modes else None
         @torch.inference_mode()
         def torchaudio_one():
             return [baseline.extract_features(w[None], num_layers=ta_layers)[0][-1][0] for w in waves]
@@ -207,17 +233,22 @@ def main() -> None:
             "d": lambda: by_key(torchrun(ckpt, args.nproc, data, os.path.join(work, f"dump_{layer}_d"), layer,
                                          args.workers, extra)),
             "n": naive,
+            "r": lambda: by_key(engine(HubertTeacher(ex16), data, os.path.join(work, f"dump_{layer}_bf16"), layer,
+                                       args.workers, extra + ["--dtype", "bfloat16"])),
         }
         with torch.inference_mode():  # warm-up: packing, first-call allocations
             baseline.extract_features(waves[0][None][:, :16000], num_layers=ta_layers)
             ex.extract([waves[0][:16000]])
+            if ex16 is not None:
+                ex16.extract([waves[0][:16000]])
         times, feats = {}, {}
         for r in range(max(1, args.repeats)):  # interleaved, so that load from elsewhere hits every mode alike
             for mode in modes:
                 torch.set_num_threads(threads)
                 feats[mode], dt = timed(runners[mode])
                 times[mode] = min(dt, times.get(mode, dt))
-                print(f"  --layer {layer} ({mode}) run {r + 1}: {dt:7.1f} s  {audio_s / dt:6.2f} audio s/s", flush=True)
+                print(f"  --layer {layer} ({mode}) run {r + 1}: {dt:7.1f} s  {audio_s / dt:6.2f} audio s/s [{isa}]",
+                      flush=True)
         if ex.layer == "avg":  # torchaudio has no average: the reference is stok's plain-kernel extractor
             plain = HubertExtractor(load_hubert(ckpt), layer=layer, fast_cpu=False)
             reference, ref_name = [plain.extract([w])[0] for w in waves], "stok plain kernels"
@@ -234,11 +265,15 @@ def main() -> None:
                 diff = max((a - b).abs().max().item() for a, b in zip(reference, feats[mode]))
             cores = os.cpu_count() if mode == "d" else min(threads, os.cpu_count())
             rows[mode] = {"seconds": times[mode], "audio_s_per_s": audio_s / times[mode], "max_abs_diff": diff}
-            print(f"  ({mode}) {LABELS[mode]:<42} {audio_s / times[mode]:7.2f}  diff {diff:.1e}  "
-                  f"{fraction(flops, times[mode], peak['gflops'], cores)}", flush=True)
+            labels = ""
+            if mode == "r":
+                labels = "  " + label_agreement(reference, feats[mode], args.clusters)
+                rows[mode]["labels"] = labels.strip()
+            print(f"  ({mode}) {LABELS[mode]:<42} {audio_s / times[mode]:7.2f} [{isa}]  diff {diff:.1e}  "
+                  f"{fraction(flops, times[mode], peak['gflops'], cores)}{labels}", flush=True)
         ratios = {f"{a}/{b}": times[b] / times[a] for a, b in RATIOS if a in times and b in times}
         if ratios:
-            print("  speed ratios: " + ", ".join(f"{k} = {v:.2f}" for k, v in ratios.items()), flush=True)
+            print(f"  speed ratios [{isa}]: " + ", ".join(f"{k} = {v:.2f}" for k, v in ratios.items()), flush=True)
         cores = min(threads, os.cpu_count())
         ceiling = flops / (peak["gflops"] * 1e9 * cores)
         line = f"  roofline: at 100% of {cores} cores' measured peak the set takes {ceiling:.1f} s"
@@ -248,7 +283,8 @@ def main() -> None:
         results[layer] = {"modes": rows, "ratios": ratios, "tflop": flops / 1e12, "ceiling_s": ceiling}
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"audio_seconds": audio_s, "num_utts": len(waves), "peak": peak, "results": results}, f, indent=1)
+            json.dump({"audio_seconds": audio_s, "num_utts": len(waves), "isa": isa, "peak": peak, "results": results},
+                      f, indent=1)
 
 
 if __name__ == "__main__":

@@ -69,3 +69,40 @@ def lloyd_reference(x: np.ndarray, init: np.ndarray, iters: int) -> Tuple[np.nda
 def inertia64(x: np.ndarray, c: np.ndarray) -> float:
     _, d = brute_force_labels(x, c)
     return float(d[:, 0].mean())
+
+
+def write_large_feats(root: str, n: int, dim: int, k: int, seed: int = 0, utt_frames: int = 2000,
+                      spread: float = 4.0) -> Tuple[str, np.ndarray]:
+    """A float32 feature ark/scp of ``n`` frames around ``k`` centres, written utterance by utterance (the test
+    process never holds more than one utterance); returns (scp, centres)."""
+    rng = np.random.default_rng(seed)
+    centres = (spread * rng.standard_normal((k, dim))).astype(np.float32)
+    os.makedirs(root, exist_ok=True)
+    scp = os.path.join(root, "feats.scp")
+    with kaldiio.WriteHelper(f"ark,scp:{os.path.join(root, 'feats.ark')},{scp}") as w:
+        for i, s in enumerate(range(0, n, utt_frames)):
+            t = min(utt_frames, n - s)
+            x = rng.standard_normal((t, dim), dtype=np.float32)
+            x += centres[rng.integers(0, k, t)]
+            w(f"utt{i:06d}", x)
+    return scp, centres
+
+
+# A child's peak RSS (ru_maxrss from wait4) includes what its parent held when it was forked (the kernel counts
+# the parent's pages until exec), so a large test process would inflate it: a small launcher starts the command
+# and reports the command's own peak.
+_LAUNCHER = ("import os, subprocess, sys\n"
+             "p = subprocess.Popen(sys.argv[2:])\n"
+             "_, status, usage = os.wait4(p.pid, 0)\n"
+             "open(sys.argv[1], 'w').write(str(usage.ru_maxrss * 1024))\n"
+             "sys.exit(os.waitstatus_to_exitcode(status))\n")
+
+
+def run_with_peak_rss(cmd, report: str, **kw):
+    """Run ``cmd`` (subprocess.run keywords in ``kw``); returns (CompletedProcess, its peak RSS in bytes)."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", _LAUNCHER, report, *cmd], **kw)
+    with open(report) as f:
+        return r, int(f.read())

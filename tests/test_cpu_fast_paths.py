@@ -1,8 +1,8 @@
 """The CPU fast paths give the reference results: S3Tokenizer's ``fast_cpu`` kernels against its plain path
 (all four versions at the released size: tokens equal except near-ties, margin < 1e-5), HuBERT base's
-``fast_cpu`` extractor against torchaudio's own model (released size, max abs difference <= 1e-4), and
-``PackedLinear``'s bookkeeping (same parameters, plain path wherever packing does not apply, repacking when the
-weight changes)."""
+``fast_cpu`` extractor against torchaudio's own model (released size, max abs difference <= 1e-4) and in bfloat16
+against fp32 (k-means labels), and ``PackedLinear``'s bookkeeping (same parameters, plain path wherever packing does
+not apply, repacking when the weight changes)."""
 
 from __future__ import annotations
 
@@ -92,7 +92,7 @@ def test_s3_fast_cpu_equals_the_reference_path_at_released_size(version):
         alone = [model.quantize(m[None], lens[i: i + 1])[0][0].numpy() for i, m in enumerate(mels)]
         codes, code_lens = model.quantize(batch, lens)
         hidden, _ = model.encoder(mels[0][None], lens[:1])
-    assert packed_in_use(model)
+    assert packed_in_use(model) and model.cpu_inference._packs  # encoder calls and quantize's ragged path ran
     assert (hidden - ref_hidden).abs().max().item() <= 1e-4 * ref_hidden.abs().max().item()
     batched = [codes[i, : int(n)].numpy() for i, n in enumerate(code_lens)]
     assert len(set(reference[0].tolist())) >= len(reference[0]) // 10  # tokens vary: the comparison means something
@@ -159,3 +159,37 @@ def test_hubert_fast_cpu_off_runs_torchaudio_modules():
     assert not any(type(m) is PackedLinear for m in model.modules())
     ref, _ = model.extract_features(torch.ones(1, 4000) * 0.1, num_layers=2)
     assert torch.equal(ex.extract([torch.ones(4000) * 0.1])[0], ref[-1][0])
+
+
+@pytest.mark.parametrize("isa", ["native", "emulated"])
+def test_hubert_base_bf16_on_cpu_agrees_with_fp32_at_released_size(hubert_base, monkeypatch, isa):
+    """``dtype="bfloat16"`` on CPU: the Linear layers multiply bfloat16 operands (natively, or emulated where the CPU
+    lacks bfloat16 dot products), everything else stays fp32; layer-9 features within bfloat16 rounding of fp32
+    and k-means labels (learned on the fp32 features) nearly all equal."""
+    from stok.models.cpu_isa import cpu_isa
+    from stok.models.kmeans.assign import Assigner
+    from stok.models.kmeans.fit import fit_kmeans
+
+    if isa == "emulated":
+        monkeypatch.setenv("STOK_CPU_ISA", "avx2,fma")
+    elif not cpu_isa().bf16:
+        pytest.skip(f"this CPU ({cpu_isa().label}) has no bfloat16 dot products; the emulated case covers it")
+    reference_model, _ = hubert_base
+    g = torch.Generator().manual_seed(3)
+    waves = [0.1 * torch.randn(48000, generator=g), 0.1 * torch.randn(30000, generator=g)]
+    fp32 = HubertExtractor(loaded(copy.deepcopy(reference_model), get_config("base")), layer=9)
+    bf16 = HubertExtractor(loaded(copy.deepcopy(reference_model), get_config("base")), layer=9, dtype="bfloat16")
+    assert bf16.describe()["cpu_precision"] == "linear=bf16" and "cpu_precision" not in fp32.describe()
+    ref, got = fp32.extract(waves), bf16.extract(waves)
+    linears = [m for m in bf16.model.encoder.modules() if isinstance(m, PackedLinear)]
+    assert linears and all(m.compute_dtype == torch.bfloat16 for m in linears)
+    if isa == "native":
+        assert any(m.__dict__["_weight_pack"].packed.dtype == torch.bfloat16 for m in linears
+                   if m.__dict__.get("_weight_pack") is not None and m.__dict__["_weight_pack"].packed is not None)
+    for r, f in zip(ref, got):
+        assert f.dtype == torch.float32 and f.shape == r.shape
+        assert 0 < (f - r).norm().item() <= 2e-2 * r.norm().item()
+    frames = torch.cat(ref)
+    assigner = Assigner(fit_kmeans(frames, 32, seed=0).centroids)
+    same = (assigner.assign_tensor(frames) == assigner.assign_tensor(torch.cat(got))).double().mean().item()
+    assert same >= 0.95, same

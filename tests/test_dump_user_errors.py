@@ -219,7 +219,8 @@ def test_a_run_that_wrote_nothing_is_no_obstacle(m, tmp_path):
 
 # ------------------------------------------------------------------ models
 
-def test_s3_unusable_models_fail_before_any_output(m, finished, tmp_path):
+def test_s3_unusable_models_fail_before_any_output(m, finished, tmp_path, monkeypatch):
+    monkeypatch.setenv("STOK_CPU_ISA", "avx2,fma")  # a CPU without bfloat16 dot products (stok.models.cpu_isa)
     done = finished["s3"]
     before = snapshot(done)
     fresh = str(tmp_path / "fresh")
@@ -227,7 +228,8 @@ def test_s3_unusable_models_fail_before_any_output(m, finished, tmp_path):
     cases = [
         (["--model", str(tmp_path / "missing.onnx")], r"--model .*missing\.onnx: no such file"),
         (["--model", m["s3a"], "--version", "v1_50hz"], r"s3a\.pt holds an S3Tokenizer v2_25hz, but version v1_50hz"),
-        (["--model", m["s3a"], "--dtype", "bf16"], r"--dtype bf16 is for GPUs"),
+        (["--model", m["s3a"], "--dtype", "fp16"], r"--dtype fp16 is for GPUs"),
+        (["--model", m["s3a"], "--dtype", "bf16"], r"--dtype bf16 on CPU needs bfloat16 dot products .*\(AVX2\)"),
         (["--model", m["s3a"], "--window_batch", "-1"], r"--window_batch -1"),
         (["--model", m["s3a"], "--feature_storage", "compressed16"],
          r"--feature_storage compressed16 is for float features; s3_tokens holds integer tokens"),

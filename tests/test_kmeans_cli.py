@@ -105,12 +105,22 @@ def test_sample_bad_inputs(tmp_path, feats):
         sample_frames(str(tmp_path / "empty.scp"))
 
 
-def test_sample_too_big_for_memory_fails_before_allocating(feats, monkeypatch):
-    import stok.models.kmeans.sample as sample_mod
+def test_memory_check_reads_mem_available_and_names_its_margin(feats, tmp_path, monkeypatch):
+    """Right after stage 1 the page cache holds the features: little is free (MemFree) but most is available."""
+    import stok.models.kmeans.memory as memory
 
-    monkeypatch.setattr(sample_mod.os, "sysconf", lambda name: 10 if name == "SC_AVPHYS_PAGES" else 4096)
-    with pytest.raises(FeatsError, match="6000 frames x 16 dims needs .* GB, but only .* GB .*--max_frames"):
+    meminfo = tmp_path / "meminfo"
+    monkeypatch.setattr(memory, "MEMINFO", str(meminfo))
+    meminfo.write_text("MemTotal:       24683784 kB\nMemFree:            1000 kB\nMemAvailable:   23847684 kB\n")
+    assert memory.mem_available() == 23847684 * 1024
+    assert len(sample_frames(feats[0]).frames) == 6000  # 384 kB: fits, although only 1 MB is free
+    meminfo.write_text("MemTotal:       24683784 kB\nMemFree:        9000000 kB\nMemAvailable:       400 kB\n")
+    with pytest.raises(FeatsError, match=r"6000 frames x 16 dims needs 0.4 MiB in memory, more than 80% of the "
+                                         r"0.4 MiB available now \(MemAvailable\).*--sample_in disk.*--max_frames"):
         sample_frames(feats[0])
+    assert abs(memory.mem_available() - 400 * 1024) == 0
+    monkeypatch.setattr(memory, "MEMINFO", str(tmp_path / "none"))
+    assert memory.mem_available() is None and len(sample_frames(feats[0]).frames) == 6000  # unknown: no check
 
 
 # ---------------------------------------------------------------- learn + dump

@@ -32,9 +32,9 @@ def test_recovers_well_separated_clusters():
 @pytest.fixture
 def always_prune(monkeypatch):
     """Use the bounds even for small k x D (by default only k x D >= PRUNE_MIN_WORK uses them)."""
-    import stok.models.kmeans.fit as fit
+    import stok.models.kmeans.lloyd as lloyd
 
-    monkeypatch.setattr(fit, "PRUNE_MIN_WORK", 0)
+    monkeypatch.setattr(lloyd, "PRUNE_MIN_WORK", 0)
 
 
 @pytest.mark.parametrize("prune", [True, False])

@@ -112,8 +112,8 @@ def test_cli_errors_are_clear(corpus, tmp_path):
         dump_s3.main(["--model", plain] + base)
     with pytest.raises(SystemExit, match="expected \\[1280, 128, 3\\]"):  # tiny weights are not the official size
         dump_s3.main(["--model", plain, "--version", "v2_25hz"] + base)
-    with pytest.raises(SystemExit, match="--dtype bf16 is for GPUs"):
-        dump_s3.main(["--model", plain, "--version", "v2_25hz", "--dtype", "bf16", "--device", "cpu"] + base)
+    with pytest.raises(SystemExit, match="--dtype fp16 is for GPUs"):  # bf16 on CPU: tests/test_s3_cpu_infer.py
+        dump_s3.main(["--model", plain, "--version", "v2_25hz", "--dtype", "fp16", "--device", "cpu"] + base)
     os.environ["STOK_OFFLINE"] = "1"
     try:
         with pytest.raises(SystemExit, match="downloads are off"):

@@ -1,7 +1,8 @@
 """``stok-dump-codes``' CPU fast path (:mod:`stok.models.speechtokenizer.fast_encode`) against ``model.encode``
 on each utterance alone, at the released size (8 x 1024 codes, full-width SEANet and LSTMs): bitwise with the
-exact ELU on batches below the LSTM's batching threshold, latents within float32 rounding and codes equal but
-for near-ties otherwise; and its parts (the padded-batch LSTM, the length groups) on their own."""
+exact ELU on batches below the LSTM's batching threshold and in exact mode on any batch (what ``--cpu_kernels auto``
+runs where it is faster, chosen by the CPU's instruction sets), latents within float32 rounding and codes equal
+but for near-ties otherwise; and its parts (the padded-batch LSTM, the length groups) on their own."""
 
 from __future__ import annotations
 
@@ -64,6 +65,32 @@ def test_exact_elu_below_the_lstm_batch_threshold_is_bitwise_the_reference(relea
         assert not codes[:, row, n:].any()  # code 0 past the item's frames, as model.encode
     for row, i in enumerate(picks):
         assert torch.equal(fast.latents(wav, lens)[row], latents[i])
+
+
+def test_exact_mode_on_a_batch_above_the_lstm_threshold_is_bitwise_the_reference(released):
+    model, wavs, ref, latents = released
+    assert len(wavs) > MIN_BATCH
+    wav, lens = padded(wavs)
+    fast = FastEncoder(model, exact=True)
+    codes = fast.encode(wav, lens)
+    for i, r in enumerate(ref):
+        assert torch.equal(codes[:, i, : r.shape[1]], r), DURATIONS[i]
+        assert not codes[:, i, r.shape[1]:].any()
+    assert all(torch.equal(z, latents[i]) for i, z in enumerate(fast.latents(wav, lens)))
+
+
+@pytest.mark.parametrize("isa, kernels", [("avx2,fma", "reference"),
+                                          ("avx2,avx512f,avx512bw,avx512vl,avx512dq", "exact")])
+def test_cpu_kernels_auto_takes_the_faster_exact_path_of_the_cpu(released, monkeypatch, isa, kernels):
+    model, wavs, ref, _ = released
+    monkeypatch.setenv("STOK_CPU_ISA", isa)
+    dump = STDumpModel(model, n_q=3)
+    dump.set_cpu_kernels("auto")
+    assert dump.kernels == kernels and not dump.fast_cpu
+    wav, lens = padded(wavs)
+    for i, codes in enumerate(dump.encode(wav[:, 0], lens)):  # bitwise either way
+        np.testing.assert_array_equal(codes, ref[i][:3].T.numpy())
+    assert bool(dump.exact.weights._cache) == (kernels == "exact") and not dump.fast.weights._cache
 
 
 def test_default_fast_path_on_a_mixed_batch_equals_the_reference_but_near_ties(released):

@@ -35,6 +35,7 @@ import shutil
 from typing import Optional
 
 from stok.bin.entry import entry_point
+from stok.core.distributed import on_gpu
 from stok.core.errors import UserError
 from stok.dump.engine import run_dump
 from stok.dump.settings import DumpSettings, add_dump_arguments
@@ -99,6 +100,13 @@ def main(argv=None) -> dict:
                         "out (read feats.scp with kaldiio.load_scp)")
     teacher_settings = TeacherSettings.from_args(args)
     settings = DumpSettings.from_args(args)
+    if teacher_settings.teacher == "hubert" and teacher_settings.dtype == "bfloat16" and not on_gpu(settings.device):
+        from stok.models.cpu_isa import cpu_isa
+
+        isa, flag = cpu_isa(), teacher_settings.setting_name("dtype")
+        if not isa.bf16:
+            raise UserError(f"{flag} bfloat16 on CPU needs bfloat16 dot products (AVX-512 BF16 or AMX), which this "
+                            f"CPU ({isa.label}) lacks: there it would run slower than float32; use {flag} float32")
 
     def build(device):  # called by the engine once the options and the output dir are checked
         try:

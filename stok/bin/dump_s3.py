@@ -2,6 +2,7 @@
 
     python -m stok.bin.dump_s3 --data_dir data/train --model speech_tokenizer_v2_25hz \\
         --output_dir dump/s3_v2_25hz/train [--device cuda --dtype bf16] [--cosyvoice_export]
+    python -m stok.bin.dump_s3 ... --device cpu --dtype bf16   # CPUs with AVX-512 BF16 or AMX
     torchrun --nproc_per_node 4 -m stok.bin.dump_s3 ...      # many GPUs or CPU processes
 
 ``--model`` is an official name (resolved in the cache, downloaded with a SHA-256 check when online),
@@ -10,6 +11,12 @@ checkpoint (its metadata gives the version). Output: ``s3_tokens.scp`` / ``s3_to
 (Kaldi int32 vectors, one token per 20 ms (v1_50hz) or 40 ms), ``failed.list`` (utterances under
 201 samples, unreadable audio), ``s3_tokens.summary.json``; with ``--cosyvoice_export`` also
 ``utt2speech_token.pt`` (dict utterance id -> list of ints), what CosyVoice's fine-tuning reads.
+
+``--dtype``: fp32 (default) everywhere. On GPUs bf16/fp16 run the encoder in that precision. On CPU, bf16 runs the
+matrix products with bfloat16 inputs and weights where the CPU has bfloat16 dot products (AVX-512 BF16 or AMX),
+keeping the residual stream, normalisation, softmax statistics and the quantizer in fp32 (per version, see
+``stok.models.s3.cpu_infer.BF16``); tokens then differ from fp32 ones at a small rate (``bench/s3_dump.py`` prints
+it); on a CPU without them it is refused. The dtype (and on CPU the bf16 recipe) is part of the dump's fingerprint.
 """
 
 from __future__ import annotations
@@ -42,7 +49,9 @@ def get_parser() -> argparse.ArgumentParser:
     g.add_argument("--version", choices=VERSIONS,
                    help="model version; required for an official ONNX file, checked against names and checkpoints")
     g.add_argument("--dtype", choices=sorted(DTYPES), default="fp32",
-                   help="encoder precision; bf16/fp16 need a GPU (the quantizer projection stays fp32)")
+                   help="encoder precision (the quantizer stays fp32): fp32; bf16 on a GPU, or on a CPU with "
+                        "bfloat16 dot products (AVX-512 BF16 or AMX: bf16 matrix products, fp32 residual stream, "
+                        "normalisation and softmax statistics; tokens differ from fp32 at a small rate); fp16 on a GPU")
     g.add_argument("--window_batch", type=int, default=0,
                    help="long audio (> 30 s): 30 s windows encoded at most this many at a time (0: 8 on GPU, 2 on CPU)")
     g.add_argument("--cosyvoice_export", action="store_true",
@@ -50,6 +59,23 @@ def get_parser() -> argparse.ArgumentParser:
                         "(an existing one in --output_dir is always rewritten to match s3_tokens.scp)")
     add_dump_arguments(p)
     return p
+
+
+def check_cpu_dtype(dtype: str, device: str, cpu_kernels: str) -> None:
+    """``--dtype`` on CPU: fp32 always; bf16 only with native bfloat16 dot products (and stok's CPU kernels, which
+    run it); fp16 never. Raised before anything is read or written."""
+    from stok.models.cpu_isa import cpu_isa
+
+    if dtype == "fp16":
+        raise UserError(f"--dtype fp16 is for GPUs; on {device} use --dtype fp32 (or --dtype bf16 on a CPU with "
+                        "AVX-512 BF16 or AMX)")
+    isa = cpu_isa()
+    if dtype == "bf16" and not isa.bf16:
+        raise UserError(f"--dtype bf16 on CPU needs bfloat16 dot products (AVX-512 BF16 or AMX), which this CPU "
+                        f"({isa.label}) lacks: there it would run slower than fp32; use --dtype fp32")
+    if dtype == "bf16" and cpu_kernels == "reference":
+        raise UserError("--dtype bf16 on CPU runs stok's CPU kernels; leave out --cpu_kernels reference "
+                        "(or use --dtype fp32)")
 
 
 def write_cosyvoice_export(output_dir: str) -> str:
@@ -69,20 +95,25 @@ def main(argv=None) -> dict:
     if args.window_batch < 0:
         raise UserError(f"--window_batch {args.window_batch}: give a number >= 0")
     if args.dtype != "fp32" and not on_gpu(settings.device):
-        raise UserError(f"--dtype {args.dtype} is for GPUs; on {settings.device} use --dtype fp32")
+        check_cpu_dtype(args.dtype, settings.device, settings.cpu_kernels)
     dtype = DTYPES[args.dtype]
 
     def build(device: torch.device):
         from stok.models.s3.dump_model import S3DumpModel
         from stok.models.s3.hub import load_s3
 
-        if dtype != torch.float32 and device.type != "cuda":
-            raise UserError(f"--dtype {args.dtype} is for GPUs; on {device} use --dtype fp32")
+        on_cpu = device.type != "cuda"
+        if dtype != torch.float32 and on_cpu:
+            check_cpu_dtype(args.dtype, str(device), settings.cpu_kernels)
         window_batch = args.window_batch or (8 if device.type == "cuda" else 2)
         try:
-            model = load_s3(args.model, args.version, device, dtype, window_batch)
+            model = load_s3(args.model, args.version, device, torch.float32 if on_cpu else dtype, window_batch)
         except (FileNotFoundError, ValueError) as e:
             raise UserError(str(e)) from None
+        if on_cpu and dtype == torch.bfloat16:
+            from stok.models.s3.cpu_infer import BF16
+
+            model.set_cpu_precision(BF16[model.cfg.version])
         return S3DumpModel(model, weights_file=args.model if os.path.isfile(args.model) else None)
 
     def export(summary: dict) -> None:

@@ -67,6 +67,8 @@ def audio_parser() -> argparse.ArgumentParser:
 
 
 def print_usage(summary: dict, out_dir: str) -> None:
+    if "usage" not in summary:  # a --shard job's own summary: the usage comes with the --merge_only run
+        return
     print(f"k-means labels -> {os.path.join(out_dir, 'km_labels.scp')}: {summary['entries_in_scp']} utterances, "
           f"{summary['failed']} failed (see {os.path.join(out_dir, 'failed.list')})")
     print("cluster usage: " + format_usage(summary["usage"]))

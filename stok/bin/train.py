@@ -33,7 +33,7 @@ import sys
 from stok.bin.entry import entry_point
 from stok.core.errors import UserError
 from stok.train.config import load_config
-from stok.train.signals import REQUEUE_EXIT_STATUS, ignore_stop_signals
+from stok.train.signals import REQUEUE_EXIT_STATUS, StopSignals, ignore_stop_signals
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -82,22 +82,32 @@ def main(argv=None) -> dict:
     logging.basicConfig(level=logging.INFO if info.is_main else logging.WARNING,
                         format=f"%(asctime)s [rank {info.rank}] %(levelname)s %(message)s", stream=sys.stderr)
     paths = Paths(args.exp_dir, args.data_dir, args.dev_dir, args.teacher_scp, args.dev_teacher_scp)
-    try:  # every check runs here, before anything is written to --exp_dir
-        trainer = Trainer(cfg, paths, info,
-                          max_steps=args.max_steps, resume=args.resume, show_progress=not args.quiet)
-    except BaseException:
-        distributed.cleanup(info)
-        raise
+    with StopSignals() as stop:  # from here on SIGTERM/SIGUSR1 stop the run cleanly after a step
+        try:  # every check runs here, before anything is written to --exp_dir
+            trainer = Trainer(cfg, paths, info,
+                              max_steps=args.max_steps, resume=args.resume, show_progress=not args.quiet)
+        except BaseException:
+            distributed.cleanup(info)
+            raise
+        result = _train(args, info, trainer, stop)
+    if result["stopped"]:
+        ignore_stop_signals()  # saved and cleaned up: a launcher signalling the ranks again changes nothing
+        raise SystemExit(REQUEUE_EXIT_STATUS)
+    return result
+
+
+def _train(args, info, trainer, stop) -> dict:
+    from stok.core import distributed
+
     try:
-        result = trainer.train(stop_after=args.stop_after)
+        result = trainer.train(stop_after=args.stop_after, stop=stop)
         if result["stopped"]:
-            ignore_stop_signals()  # saved: a second signal (a launcher stopping the other ranks) changes nothing
             if info.is_main:
                 print(f"stopped by {result['stopped']} after step {trainer.step} of {trainer.total_steps}, checkpoint "
                       f"saved; run the same command with --resume to continue (exit status {REQUEUE_EXIT_STATUS})",
                       flush=True)
             distributed.barrier(info)
-            raise SystemExit(REQUEUE_EXIT_STATUS)
+            return result
         finished = trainer.step >= trainer.total_steps
         if info.is_main:
             hist = trainer.dev_history

@@ -51,6 +51,18 @@ def resolve_device(spec: str, local_rank: int = 0, what: str = "--device") -> to
     return device
 
 
+def available_cpus() -> int:
+    """CPUs this process may use: its Slurm job's ``--cpus-per-task`` (``SLURM_CPUS_PER_TASK``) inside a Slurm
+    job, else the CPUs of its affinity mask (a container's or a batch system's share of the machine)."""
+    slurm = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    if slurm.isdigit() and int(slurm) > 0:
+        return int(slurm)
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def on_gpu(spec: str) -> bool:
     """Whether a ``--device`` value resolves to a GPU (without creating a process group)."""
     return spec.startswith("cuda") or (spec == "auto" and torch.cuda.is_available())
@@ -66,7 +78,7 @@ def setup(device_spec: str = "auto", threads: int = 0, shard: Optional[Tuple[int
         if device.type == "cuda":
             torch.cuda.set_device(device)
         else:
-            torch.set_num_threads(threads or max(1, os.cpu_count() or 1))
+            torch.set_num_threads(threads or available_cpus())
         return DistInfo(shard[0], shard[1], 0, 1, device, group=False)
     rank = int(os.environ.get("RANK", 0))
     world = int(os.environ.get("WORLD_SIZE", 1))
@@ -76,7 +88,7 @@ def setup(device_spec: str = "auto", threads: int = 0, shard: Optional[Tuple[int
     if device.type == "cuda":
         torch.cuda.set_device(device)
     else:
-        torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // max(1, local_world)))
+        torch.set_num_threads(threads or max(1, available_cpus() // max(1, local_world)))
     if world > 1 and not dist.is_initialized():
         hours = float(os.environ.get("STOK_DIST_TIMEOUT_HOURS", 24))
         # NCCL takes one process per GPU; with more processes than GPUs the (barrier-only) group uses gloo

@@ -5,21 +5,30 @@ the holder's host, boot id, pid, process start time and start date. While held, 
 file's mtime every :data:`HEARTBEAT_SECONDS`. A lock is stale, and is taken over, when
 
 - its holder ran on this host (same boot) and that process is gone (or its pid now belongs to another process), or
+- its holder ran in a Slurm job (the lock records ``SLURM_JOB_ID`` and ``SLURM_RESTART_COUNT``) that has ended,
+  is no longer running, or was requeued since (``scontrol show job``; also when this process is the requeued job
+  itself), so a preempted or cancelled job's lock is taken over at once by its resubmission on any host, or
 - its heartbeat is older than ``STOK_LOCK_STALE_SECONDS`` (default :data:`STALE_SECONDS`): a holder on another
   host that was killed, or this host rebooted.
 
 Otherwise acquiring it raises :class:`LockHeld`, a user error naming the host and pid that hold it. Taking over
 goes through a second ``O_EXCL`` file, so two processes that find the same stale lock do not both take it.
+A lock may carry ``info`` (what the holder writes, e.g. a dump's shard layout and fingerprint):
+:func:`live_holders` lists the live holders of a set of lock files, so a writer can refuse to work beside
+another writer of the same output with other settings.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import shutil
 import socket
+import subprocess
 import threading
 import time
-from typing import Optional
+from typing import List, Optional, Tuple
 
 from stok.core.errors import UserError
 
@@ -59,6 +68,38 @@ def _alive(pid: int) -> bool:
     return True
 
 
+#: Slurm job states in which a job's processes may still run
+SLURM_RUNNING = {"RUNNING", "COMPLETING", "SUSPENDED", "STOPPED", "CONFIGURING", "SIGNALING", "STAGE_OUT", "RESIZING"}
+
+
+def slurm_identity() -> dict:
+    """This process's Slurm job and restart count (empty outside Slurm)."""
+    job = os.environ.get("SLURM_JOB_ID", "")
+    if not job:
+        return {}
+    return {"slurm_job": job, "slurm_restart": int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)}
+
+
+def slurm_job_gone(job: str, restart: int) -> Optional[str]:
+    """Why Slurm job ``job`` (at restart ``restart``) no longer runs that start, or None while it may (or when
+    Slurm cannot be asked)."""
+    if not job or shutil.which("scontrol") is None:
+        return None
+    try:
+        res = subprocess.run(["scontrol", "-o", "show", "job", job], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if res.returncode != 0:
+        return f"Slurm job {job} has ended" if "Invalid job id" in res.stderr else None
+    fields = dict(f.split("=", 1) for f in res.stdout.split() if "=" in f)
+    state = fields.get("JobState", "")
+    if int(fields.get("Restarts", "0") or 0) > restart:
+        return f"Slurm job {job} was requeued since"
+    if state and state not in SLURM_RUNNING:
+        return f"Slurm job {job} is {state}"
+    return None
+
+
 def stale_seconds() -> float:
     return float(os.environ.get("STOK_LOCK_STALE_SECONDS", STALE_SECONDS))
 
@@ -67,10 +108,11 @@ class FileLock:
     """``with FileLock(path, what):`` holds the lock (see the module docstring); ``what`` names the guarded
     output in the refusal message."""
 
-    def __init__(self, path: str, what: str):
+    def __init__(self, path: str, what: str, info: Optional[dict] = None):
         self.path, self.what = path, what
         self.me = {"host": socket.gethostname(), "boot_id": _boot_id(), "pid": os.getpid(),
-                   "start_time": _start_time(os.getpid()), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+                   "start_time": _start_time(os.getpid()), "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+                   **slurm_identity(), **({"info": info} if info else {})}
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self.held = False
@@ -104,6 +146,12 @@ class FileLock:
             if not _alive(pid) or _start_time(pid) != holder.get("start_time"):
                 return f"process {pid} on {holder['host']} is gone"
             return None
+        job, restart = holder.get("slurm_job"), int(holder.get("slurm_restart", 0) or 0)
+        if job and job == self.me.get("slurm_job") and restart < self.me.get("slurm_restart", 0):
+            return f"Slurm job {job} was requeued: this is its restart {self.me['slurm_restart']}"
+        gone = slurm_job_gone(job, restart) if job else None
+        if gone:
+            return gone
         if age > stale_seconds():
             return f"no heartbeat for {age:.0f} s"
         return None
@@ -133,12 +181,20 @@ class FileLock:
 
     def _refuse(self, holder: dict) -> None:
         since = holder.get("since", "?")
-        host = holder.get("host", "?")
-        remote = host != self.me["host"]
-        later = (f"; if that job is gone, its lock is taken over {stale_seconds():.0f} s after its last heartbeat"
-                 if remote else "")
-        raise LockHeld(f"{self.what} is being written by another process: host {host} pid {holder.get('pid', '?')} "
-                       f"(since {since}, lock {self.path}); wait for it to finish or stop it{later}")
+        raise LockHeld(f"{self.what} is being written by another process: {describe(holder)} (since {since}, lock "
+                       f"{self.path}); wait for it to finish or stop it{self._later(holder)}")
+
+    def _later(self, holder: dict) -> str:
+        if holder.get("host", "?") == self.me["host"]:
+            return ""
+        return f"; if that job is gone, its lock is taken over {stale_seconds():.0f} s after its last heartbeat"
+
+    def live_holder(self) -> Optional[dict]:
+        """The holder of this lock file if it is held by another live process (not stale), else None."""
+        holder = self._read()
+        if holder is None or holder == self.me or self._why_stale(holder) is not None:
+            return None
+        return holder
 
     def _take_over(self, holder: dict, why: str) -> None:
         breaker = self.path + ".takeover"
@@ -193,3 +249,22 @@ class FileLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def describe(holder: dict) -> str:
+    """``host H pid P`` (and ``Slurm job J``) of a lock's holder."""
+    job = f" (Slurm job {holder['slurm_job']})" if holder.get("slurm_job") else ""
+    return f"host {holder.get('host', '?')} pid {holder.get('pid', '?')}{job}"
+
+
+def live_holders(pattern: str, what: str, exclude: str = "") -> List[Tuple[str, dict]]:
+    """``(path, holder)`` of every lock file matching the glob ``pattern`` (but ``exclude``) that another live
+    process holds."""
+    out = []
+    for path in sorted(glob.glob(pattern)):
+        if os.path.abspath(path) == os.path.abspath(exclude) or path.endswith(".takeover"):
+            continue
+        holder = FileLock(path, what).live_holder()
+        if holder:
+            out.append((path, holder))
+    return out

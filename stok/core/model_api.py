@@ -90,6 +90,11 @@ class DumpModel:
         """``--cpu_kernels``: True lets ``encode`` use the model's CPU fast kernels in fp32 (same values to float32
         rounding); False runs its plain reference modules. Default: the model has no such kernels."""
 
+    def set_cpu_kernels(self, kernels: str) -> None:
+        """``--cpu_kernels`` as given (auto, fast or reference): ``set_fast_cpu`` (auto: ``fast_cpu_by_default``).
+        A model whose best path for ``auto`` depends on the CPU overrides this."""
+        self.set_fast_cpu(self.fast_cpu_by_default if kernels == "auto" else kernels == "fast")
+
     @torch.inference_mode()
     def encode(self, padded: torch.Tensor, lengths: torch.Tensor) -> List[np.ndarray]:
         """Turn one padded batch into one numpy array per utterance (see module docstring)."""

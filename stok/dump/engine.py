@@ -8,14 +8,15 @@ fingerprint, :mod:`stok.dump.outputs`). A dump finished before with the same fin
 since, is not redone (:mod:`stok.dump.completion`). Otherwise it creates the dir (``--overwrite``: removes the
 old outputs) and records the fingerprint, shards the items over ``torchrun`` ranks (or runs one ``--shard i/N``
 job), skips what earlier runs wrote, batches the rest by length (the budget is the model's default for the device
-unless given), loads them in DataLoader workers, calls ``model.encode`` per padded batch, writes each result
-crash-safely to the shard's ark/scp under a lock (:mod:`stok.core.locks`: no second writer), lists failures, and
+unless given), loads them in DataLoader workers (threads for audio on CPU), calls ``model.encode`` per padded
+batch, writes each result crash-safely to the shard's ark/scp under a lock (:mod:`stok.core.locks`: no second writer), lists failures, and
 (rank 0, or a ``--merge_only`` run) merges everything at the end. A model only says how a padded batch becomes
 codes (:class:`stok.core.model_api.DumpModel`). User mistakes raise :class:`stok.core.errors.UserError`.
 """
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import logging
@@ -31,7 +32,7 @@ from stok.core.bucketing import make_batches, padding_stats, shard
 from stok.core.errors import UserError
 from stok.core.failed import write_failed
 from stok.core.fileio import atomic_open, check_output_dir
-from stok.core.locks import FileLock
+from stok.core.locks import FileLock, describe, live_holders
 from stok.core.model_api import DumpModel
 from stok.core.storage import ShardWriter
 from stok.dump import completion
@@ -121,8 +122,7 @@ def run_dump(settings: DumpSettings, build_model: Callable[[torch.device], DumpM
     info = distributed.setup(settings.device, settings.threads, settings.shard_index())
     show = info.is_main or not info.group  # rank 0 of a torchrun run, or a shard job of its own
     model = build_model(info.device)
-    kernels = settings.cpu_kernels
-    model.set_fast_cpu(model.fast_cpu_by_default if kernels == "auto" else kernels == "fast")
+    model.set_cpu_kernels(settings.cpu_kernels)
     _check_model(model, settings, name)
     fingerprint = dump_fingerprint(model, settings, name)
     identity = _identity(inp, settings)
@@ -136,8 +136,11 @@ def run_dump(settings: DumpSettings, build_model: Callable[[torch.device], DumpM
     distributed.barrier(info)  # every rank has checked before rank 0 creates or removes anything
     if settings.merge_only:
         return _merge_only(settings, inp, model, name, fingerprint, identity, finish, start)
-    shard_lock = FileLock(os.path.join(out, f"{name}.{info.rank}.lock"), f"{out} (shard {info.rank} of {name})")
+    layout = {"world": info.world, "fingerprint_id": fingerprint_id(fingerprint)}
+    shard_lock = FileLock(os.path.join(out, f"{name}.{info.rank}.lock"), f"{out} (shard {info.rank} of {name})",
+                          info=layout)
     with shard_lock:
+        _refuse_other_writers(out, name, shard_lock, layout)
         if info.is_main and info.group:
             start_output(out, name, fingerprint, settings.overwrite)
         elif not info.group:  # a shard job: its own outputs only, never the other shards'
@@ -159,6 +162,19 @@ def run_dump(settings: DumpSettings, build_model: Callable[[torch.device], DumpM
         summary = json.load(f)
     distributed.cleanup(info)
     return _report(settings, inp, name, summary, show)
+
+
+def _refuse_other_writers(out: str, name: str, mine: FileLock, layout: dict) -> None:
+    """Another live writer of dump ``name`` in ``out`` with another shard layout or fingerprint (a run with another
+    ``--nj``/world size or another model started at the same time) would mix its records with this run's."""
+    for path, holder in live_holders(os.path.join(glob.escape(out), f"{glob.escape(name)}.*.lock"), out,
+                                     exclude=mine.path):
+        theirs = holder.get("info") or {}
+        if theirs and theirs != layout:
+            what = ("another model or settings" if theirs.get("fingerprint_id") != layout["fingerprint_id"] else
+                    f"{theirs.get('world')} shards, this run {layout['world']}")
+            raise UserError(f"{out} is being written by another {name} run with {what}: {describe(holder)} (lock "
+                            f"{path}); wait for it to finish or stop it, or write to another --output_dir")
 
 
 def _write_shard(settings: DumpSettings, inp, model: DumpModel, name: str, info, fp_id: str, show: bool,

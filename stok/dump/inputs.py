@@ -29,7 +29,7 @@ from stok.core.model_api import DumpModel
 from stok.core.tables import read_table
 from stok.data.audio import AudioError, duration_seconds
 from stok.data.kaldi_dir import KaldiDir, Utterance, read_kaldi_dir, read_segments, read_wav_scp
-from stok.dump.dataset import Collate, FeatureDataset, UtteranceDataset
+from stok.dump.dataset import Collate, FeatureDataset, ThreadLoader, UtteranceDataset
 
 log = logging.getLogger("stok.dump")
 
@@ -48,7 +48,12 @@ def find_manifest(manifest_dir: str, split: str) -> Tuple[Optional[str], str]:
     return None, f"no *_cuts_{split}.jsonl.gz in {manifest_dir}"
 
 
-def _make_loader(dataset, model: DumpModel, batches: List[List[int]], num_workers: int, pin_memory: bool):
+def _make_loader(dataset, model: DumpModel, batches: List[List[int]], num_workers: int, pin_memory: bool,
+                 threads: bool = False):
+    """DataLoader worker processes; ``threads`` (audio on CPU): worker threads instead
+    (:class:`~stok.dump.dataset.ThreadLoader`: forked workers cost the model's compute page faults)."""
+    if threads and num_workers and not pin_memory:
+        return ThreadLoader(dataset, batches, Collate(model), num_workers, prefetch=4)
     return torch.utils.data.DataLoader(dataset, batch_sampler=batches, collate_fn=Collate(model),
                                        num_workers=num_workers, pin_memory=pin_memory,
                                        prefetch_factor=4 if num_workers else None)
@@ -144,7 +149,7 @@ class AudioInput:
     def loader(self, model: DumpModel, todo: Sequence[int], batches: List[List[int]], num_workers: int,
                pin_memory: bool):
         return _make_loader(UtteranceDataset([self.items[i] for i in todo], model), model, batches, num_workers,
-                            pin_memory)
+                            pin_memory, threads=True)
 
     def cut_source(self, manifest_dir: str = ""):
         """Where the dump's cuts come from: stage 0's manifests when found, else this input."""

@@ -56,7 +56,8 @@ class DumpSettings(Settings):
         0.0, minimum=0, help="max padded audio seconds per batch (batch size x longest utterance); 0: the model's "
                              "default for the device (printed at the start)")
     no_bucketing: bool = setting(False, help="batch in key order instead of by length (more padding; for comparisons)")
-    num_workers: int = setting(2, minimum=0, help="DataLoader worker processes reading audio (0: in-process)")
+    num_workers: int = setting(2, minimum=0, help="workers reading audio: DataLoader processes on GPU, threads "
+                                                    "of the dumping process on CPU (0: in the main loop)")
     threads: int = setting(0, minimum=0, help="torch CPU threads per process (0: cores / processes)")
     cpu_kernels: str = setting(
         "auto", choices=CPU_KERNELS,

@@ -13,6 +13,12 @@ so results agree to float32 rounding (about 1e-6 relative), not bit for bit.
   :class:`PackedLinear` in place, or back.
 - :class:`WeightPack` is the cache itself, for a weight that is not a Linear's (a codebook product).
 
+Reduced precision (opt-in): ``compute_dtype=torch.bfloat16`` (``PackedLinear.compute_dtype``, the ``dtype`` of
+:meth:`WeightPack.linear`) multiplies bfloat16 copies of the input and weight (fp32 accumulation inside oneDNN) and
+returns the result as float32, so everything around the product stays fp32. Fast only where the CPU has bfloat16
+dot products (``stok.models.cpu_isa``: AVX-512 BF16 or AMX); elsewhere the same bfloat16 operands are multiplied
+in fp32 (:func:`bf16_emulated`: the same values, slowly; for tests on any CPU).
+
 The packed copy doubles the memory of the weights it covers (CPU RAM).
 """
 
@@ -43,10 +49,22 @@ def tensor_key(t: torch.Tensor) -> tuple:
     return (t.data_ptr(), None if t.is_inference() else t._version, tuple(t.shape), t.dtype)
 
 
+def native_bf16() -> bool:
+    from stok.models.cpu_isa import cpu_isa
+
+    return cpu_isa().bf16
+
+
+def bf16_emulated(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """The product of the bfloat16-rounded operands, computed in fp32 (what a bfloat16 kernel with fp32 accumulation
+    computes, up to summation order)."""
+    return F.linear(x.bfloat16().float(), weight.bfloat16().float(), None if bias is None else bias.bfloat16().float())
+
+
 class WeightPack:
-    """The oneDNN-packed copy of one ``[out, in]`` weight, rebuilt when the weight's storage or version changes.
-    ``layout`` (optional) turns the source into the ``[out, in]`` matrix first, e.g. a conv kernel into its
-    im2col form; the key stays the source's."""
+    """The oneDNN-packed copy of one ``[out, in]`` weight, rebuilt when the weight's storage or version changes
+    (or another compute dtype is asked for). ``layout`` (optional) turns the source into the ``[out, in]`` matrix
+    first, e.g. a conv kernel into its im2col form; the key stays the source's."""
 
     __slots__ = ("key", "packed")
 
@@ -54,24 +72,33 @@ class WeightPack:
         self.key = None
         self.packed: Optional[torch.Tensor] = None
 
-    def get(self, weight: torch.Tensor, layout: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> torch.Tensor:
-        key = tensor_key(weight)
+    def get(self, weight: torch.Tensor, layout: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+            dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        key = (tensor_key(weight), dtype)
         if key != self.key:
             with torch.no_grad():
                 w = weight.detach() if layout is None else layout(weight.detach())
-                self.packed = torch.ops.mkldnn._reorder_linear_weight(w.contiguous())
+                self.packed = torch.ops.mkldnn._reorder_linear_weight(w.to(dtype).contiguous())
             self.key = key
         return self.packed
 
     def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
-               activation: str = "none", layout: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
-               ) -> torch.Tensor:
+               activation: str = "none", layout: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+               dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """``F.linear(x, layout(weight), bias)`` (then ``activation``: "none" or "gelu", erf form) with the
-        packed weight where eligible, else the plain way."""
+        packed weight where eligible, else the plain way. ``dtype=torch.bfloat16``: bfloat16 operands, float32
+        result (see module docstring)."""
         if not _eligible(x, weight):
             y = F.linear(x, weight if layout is None else layout(weight), bias)
             return F.gelu(y) if activation == "gelu" else y
         algorithm = "none" if activation == "gelu" else ""
+        if dtype == torch.bfloat16:
+            if not native_bf16():
+                y = bf16_emulated(x, weight if layout is None else layout(weight), bias)
+                return (F.gelu(y) if activation == "gelu" else y).bfloat16().float()
+            return torch.ops.mkldnn._linear_pointwise(x.contiguous().bfloat16(), self.get(weight, layout, dtype),
+                                                      None if bias is None else bias.bfloat16(), activation, [],
+                                                      algorithm).float()
         return torch.ops.mkldnn._linear_pointwise(x.contiguous(), self.get(weight, layout), bias, activation, [],
                                                   algorithm)
 
@@ -86,6 +113,8 @@ class PackedLinear(nn.Linear):
     """``nn.Linear`` computed with a oneDNN-packed weight where eligible (see module docstring)."""
 
     packed: bool = True
+    #: torch.bfloat16: bfloat16 operands, float32 result, where packing applies (see module docstring)
+    compute_dtype: torch.dtype = torch.float32
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.packed:
@@ -93,12 +122,13 @@ class PackedLinear(nn.Linear):
         pack = self.__dict__.get("_weight_pack")
         if pack is None:
             pack = self.__dict__["_weight_pack"] = WeightPack()
-        return pack.linear(x, self.weight, self.bias)
+        return pack.linear(x, self.weight, self.bias, dtype=self.compute_dtype)
 
 
-def use_packed_linears(module: nn.Module, enabled: bool = True) -> int:
-    """Every plain ``nn.Linear`` under ``module`` becomes a :class:`PackedLinear` (``enabled``) or every
-    :class:`PackedLinear` a plain ``nn.Linear`` again; in place, parameters untouched. Returns how many changed."""
+def use_packed_linears(module: nn.Module, enabled: bool = True, compute_dtype: torch.dtype = torch.float32) -> int:
+    """Every plain ``nn.Linear`` under ``module`` becomes a :class:`PackedLinear` (``enabled``; products in
+    ``compute_dtype``) or every :class:`PackedLinear` a plain ``nn.Linear`` again; in place, parameters untouched.
+    Returns how many changed."""
     changed = 0
     for m in module.modules():
         if enabled and type(m) is nn.Linear:
@@ -106,6 +136,12 @@ def use_packed_linears(module: nn.Module, enabled: bool = True) -> int:
             changed += 1
         elif not enabled and type(m) is PackedLinear:
             m.__dict__.pop("_weight_pack", None)
+            m.__dict__.pop("compute_dtype", None)
             m.__class__ = nn.Linear
             changed += 1
+        if enabled and type(m) is PackedLinear:
+            if compute_dtype == torch.float32:
+                m.__dict__.pop("compute_dtype", None)
+            else:
+                m.compute_dtype = compute_dtype
     return changed

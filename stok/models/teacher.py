@@ -60,7 +60,9 @@ class TeacherSettings(Settings):
         100.0, minimum=0, help="longer inputs go through HuBERT in frame-aligned chunks of at most this length "
                                "(fairseq max_chunk: 100 s); 0: whole files")
     dtype: str = setting("float32", choices=("float32", "float16", "bfloat16"),
-                         help="HuBERT compute precision (autocast; features are stored as float32 either way)")
+                         help="HuBERT compute precision (features are stored as float32 either way): on GPUs autocast; on "
+                              "CPU bfloat16 multiplies the transformer's Linear layers in bfloat16 and needs bfloat16 "
+                              "dot products (AVX-512 BF16 or AMX; refused elsewhere)")
     frontend: str = setting(
         "auto", choices=("auto", "per_item", "batched"),
         help="HuBERT conv front end: per utterance, or batched with per-utterance GroupNorm statistics (both "
@@ -195,8 +197,9 @@ class HubertTeacher(Teacher):
         from stok.core.checksums import weights_checksum
 
         d = self.describe()
-        keep = ("model", "frame_rate", "layer", "num_layers", "dim", "normalize", "max_chunk", "dtype", "architecture")
-        return {**{k: d[k] for k in keep}, "weights_sha256": weights_checksum(self.extractor.loaded.source)}
+        keep = ("model", "frame_rate", "layer", "num_layers", "dim", "normalize", "max_chunk", "dtype", "architecture",
+                "cpu_precision")  # cpu_precision: only in CPU bfloat16 runs
+        return {**{k: d[k] for k in keep if k in d}, "weights_sha256": weights_checksum(self.extractor.loaded.source)}
 
 
 class MfccTeacher(Teacher):

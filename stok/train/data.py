@@ -1,9 +1,12 @@
 """Training data: random fixed-length crops of a Kaldi data dir with the teacher frames aligned to them.
 
-- Utterances come from a Kaldi data dir (``wav.scp``, optional ``segments``/``utt2dur``) and are read with
+- Utterances come from a Kaldi data dir (``wav.scp``, optional ``segments``/``utt2dur``), held as a compact
+  :class:`~stok.train.utt_index.UtteranceIndex` (numpy arrays, no object per utterance: the index of 281,241
+  utterances is a few tens of MB, shared untouched by forked DataLoader workers), and read with
   :func:`stok.data.audio.load_audio` (any rate is resampled to the model's).
 - Teacher targets come from the stage 1 feature scp (float ``[T, D]`` per utterance) or the stage 2 k-means
-  label scp (int ``[T]``), read lazily through kaldiio; utterances missing from the scp are dropped (counted, logged).
+  label scp (int ``[T]``): each row's ``ark:offset`` is kept in the index and read with ``kaldiio.load_mat`` when
+  the item is loaded; utterances missing from the scp are dropped (counted, logged).
   With an online teacher there is no scp and the step computes the targets.
 - Alignment (one rule, shared with stage 1, :mod:`stok.core.frames`): an utterance of n samples has
   ``codec_frames(n) = ceil(n / hop)`` frames; a crop starting at sample s uses teacher rows from ``floor(s / hop)``
@@ -15,7 +18,8 @@
 - Sampling: :class:`ShardedBatchSampler` shuffles with ``seed + epoch``, forms global batches of
   ``batch_size x world`` and gives each rank its slice (DistributedSampler-like, drop-last); it runs over
   epochs without end from a data position ``(epoch, batch)`` that checkpoints store, so a resumed run reads the
-  same batches as an uninterrupted one. Each batch says which position it is.
+  same batches as an uninterrupted one (one permutation array per epoch, batches cut from it when asked for).
+  Each batch says which position it is.
 - Unreadable audio: the item is replaced by the next readable utterance of the list (deterministically), the
   utterance is logged once and appended to ``bad_audio.list`` in the experiment dir.
 - Dev set: the first ``dev_seconds`` of each dev utterance, in key order, padded per batch.
@@ -34,10 +38,10 @@ from torch.utils.data import Dataset
 
 from stok.core.errors import UserError
 from stok.data.audio import AudioError, load_audio
-from stok.core.tables import read_table
-from stok.data.kaldi_dir import Utterance, read_kaldi_dir
+from stok.data.kaldi_dir import Utterance
 from stok.core.frames import codec_frames, crop_teacher
 from stok.train.signals import ignore_stop_signals
+from stok.train.utt_index import TeacherColumn, UtteranceIndex, read_index, read_teacher_scp, release_free_heap
 
 log = logging.getLogger("stok.train")
 
@@ -46,56 +50,48 @@ class DataError(UserError, ValueError):
     """Training data that cannot be used as given (the message says why and what to do)."""
 
 
-def load_teacher_table(scp: Optional[str]):
-    """Lazy ``utt -> array`` mapping of a kaldiio scp (None when no scp)."""
-    if not scp:
-        return None
-    if not os.path.isfile(scp):
-        raise DataError(f"teacher scp {scp} not found (stage 1 writes dump/<teacher>/<split>/feats.scp, stage 2 "
-                        "dump/km<K>/<split>/km_labels.scp)")
-    import kaldiio
-
-    return kaldiio.load_scp(scp)
-
-
-def _scp_keys(scp: str) -> set:
-    """Keys of a teacher scp; a line without a location, or a file that is not text, names the scp and line."""
-    return set(read_table(scp, scp=True))
-
-
 def read_utterances(data_dir: str, teacher_scp: Optional[str] = None, min_seconds: float = 0.0,
-                    what: str = "train") -> List[Utterance]:
-    """Utterances of a data dir that have a teacher entry (when a scp is given) and are long enough."""
-    utts = read_kaldi_dir(data_dir).utterances()
+                    what: str = "train") -> UtteranceIndex:
+    """Utterances of a data dir that have a teacher entry (when a scp is given) and are long enough, as a compact
+    :class:`UtteranceIndex` (with the teacher locations when a scp is given)."""
+    utts = read_index(data_dir)
     if teacher_scp:
         if not os.path.isfile(teacher_scp):
             raise DataError(f"{what} teacher scp {teacher_scp} not found (stage 1 writes "
                             "dump/<teacher>/<split>/feats.scp, stage 2 dump/km<K>/<split>/km_labels.scp)")
-        keys = _scp_keys(teacher_scp)
-        missing = [u.utt_id for u in utts if u.utt_id not in keys]
-        if missing:
+        utts.teacher = read_teacher_scp(teacher_scp, utts.ids)
+        missing = np.flatnonzero(utts.teacher.ark == -2)
+        if len(missing):
             log.warning("%s: %d of %d utterances have no entry in %s and are skipped (e.g. %s)",
-                        what, len(missing), len(utts), teacher_scp, missing[0])
-            utts = [u for u in utts if u.utt_id in keys]
+                        what, len(missing), len(utts), teacher_scp, utts.utt_id(int(missing[0])))
+            utts = utts.select(utts.teacher.ark != -2)
     if min_seconds > 0:
-        short = [u for u in utts if u.duration is not None and u.duration < min_seconds]
-        if short:
-            log.info("%s: %d utterances shorter than %.2f s are skipped", what, len(short), min_seconds)
-            utts = [u for u in utts if not (u.duration is not None and u.duration < min_seconds)]
-    if not utts:
+        short = utts.duration < min_seconds  # unknown durations (NaN) are kept
+        if short.any():
+            log.info("%s: %d utterances shorter than %.2f s are skipped", what, int(short.sum()), min_seconds)
+            utts = utts.select(~short)
+    if not len(utts):
         raise DataError(f"{what}: no usable utterances in {data_dir}"
                         + (f" with teacher entries in {teacher_scp}" if teacher_scp else ""))
+    release_free_heap()
     return utts
 
 
-def holdout_split(utts: List[Utterance], n: int, seed: int) -> Tuple[List[Utterance], List[Utterance]]:
+def holdout_split(utts, n: int, seed: int):
     """(train, dev): ``n`` utterances chosen with a seeded permutation, both in key order."""
     if n <= 0:
-        return utts, []
+        return utts, utts[:0]
     if n >= len(utts):
         raise DataError(f"cannot hold out {n} dev utterances from {len(utts)}")
-    pick = set(np.random.default_rng(seed).permutation(len(utts))[:n].tolist())
-    return [u for i, u in enumerate(utts) if i not in pick], [u for i, u in enumerate(utts) if i in pick]
+    index = as_index(utts)
+    pick = np.zeros(len(index), dtype=bool)
+    pick[np.random.default_rng(seed).permutation(len(index))[:n]] = True
+    return index.select(~pick), index.select(pick)
+
+
+def as_index(utts) -> UtteranceIndex:
+    """An :class:`UtteranceIndex` of an index or a list of :class:`Utterance`."""
+    return utts if isinstance(utts, UtteranceIndex) else UtteranceIndex.from_utterances(list(utts))
 
 
 def teacher_crop(target: np.ndarray, start: int, num_samples: int, hop: int) -> np.ndarray:
@@ -116,23 +112,36 @@ class CropDataset(Dataset):
 
     def __init__(self, utts: Sequence[Utterance], teacher_scp: Optional[str], segment_samples: int,
                  sample_rate: int, hop: int, seed: int, bad_list: Optional[str] = None, random_crop: bool = True):
-        self.utts = list(utts)
+        self.utts = as_index(utts)
         self.teacher_scp = teacher_scp
         self.segment = int(segment_samples)
         self.sample_rate, self.hop, self.seed = sample_rate, hop, seed
         self.bad_list = bad_list
         self.random_crop = random_crop
-        self._teacher = None
+        self.teacher: Optional[TeacherColumn] = None
+        if teacher_scp:
+            known = self.utts.teacher
+            if known is not None and os.path.abspath(known.scp) == os.path.abspath(teacher_scp):
+                self.teacher = known
+            else:
+                if not os.path.isfile(teacher_scp):
+                    raise DataError(f"teacher scp {teacher_scp} not found (stage 1 writes "
+                                    "dump/<teacher>/<split>/feats.scp, stage 2 dump/km<K>/<split>/km_labels.scp)")
+                self.teacher = read_teacher_scp(teacher_scp, self.utts.ids)
         self._bad: set = set()
 
     def __len__(self) -> int:
         return len(self.utts)
 
-    @property
-    def teacher(self):
-        if self._teacher is None and self.teacher_scp:
-            self._teacher = load_teacher_table(self.teacher_scp)
-        return self._teacher
+    def read_teacher(self, row: int) -> np.ndarray:
+        """The teacher array of utterance ``row`` (features ``[T, D]`` or labels ``[T]``)."""
+        import kaldiio
+
+        utt_id = self.utts.utt_id(row)
+        where = self.teacher.location(row, utt_id)
+        if where is None:
+            raise DataError(f"utterance {utt_id} has no entry in {self.teacher.scp}")
+        return np.asarray(kaldiio.load_mat(where))
 
     def _mark_bad(self, utt: Utterance, err: Exception) -> None:
         if utt.utt_id in self._bad:
@@ -146,12 +155,12 @@ class CropDataset(Dataset):
             except OSError:
                 pass
 
-    def _load(self, utt: Utterance, rng: Optional[np.random.Generator]):
+    def _load(self, row: int, utt: Utterance, rng: Optional[np.random.Generator]):
         wav = load_audio(utt.spec, self.sample_rate, utt.start, utt.end).numpy()
         n = wav.shape[0]
         target = None
         if self.teacher is not None:
-            target = np.asarray(self.teacher[utt.utt_id])
+            target = self.read_teacher(row)
             if target.ndim == 2 and target.shape[0] == 1 and target.shape[1] != 1 and n > self.hop:
                 raise DataError(f"utterance {utt.utt_id}: teacher array of shape {target.shape} looks like it keeps "
                                 f"a batch dimension; store [frames, dim]")
@@ -180,12 +189,13 @@ class CropDataset(Dataset):
     def __getitem__(self, key) -> Dict:
         epoch, index = key if isinstance(key, tuple) else (0, key)
         for k in range(len(self.utts)):
-            utt = self.utts[(index + k) % len(self.utts)]
+            row = (index + k) % len(self.utts)
+            utt = self.utts[row]
             if utt.utt_id in self._bad:
                 continue
-            rng = np.random.default_rng([self.seed, epoch, (index + k) % len(self.utts)]) if self.random_crop else None
+            rng = np.random.default_rng([self.seed, epoch, row]) if self.random_crop else None
             try:
-                wav, length, target = self._load(utt, rng)
+                wav, length, target = self._load(row, utt, rng)
             except AudioError as e:
                 self._mark_bad(utt, e)
                 continue
@@ -207,7 +217,7 @@ class DevDataset(CropDataset):
     def __getitem__(self, key) -> Dict:
         utt = self.utts[key]
         try:
-            wav, length, target = self._load(utt, None)
+            wav, length, target = self._load(key, utt, None)
         except AudioError as e:
             self._mark_bad(utt, e)
             return None
@@ -297,19 +307,20 @@ class ShardedBatchSampler:
 
     def epoch_batches(self, epoch: int) -> List[List[Tuple[int, int]]]:
         order = self.epoch_order(epoch)
-        out = []
-        for b in range(self.batches_per_epoch()):
-            g = order[b * self.global_batch:(b + 1) * self.global_batch]
-            mine = g[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
-            out.append([(epoch, int(i)) for i in mine])
-        return out
+        return [self.batch(order, epoch, b) for b in range(self.batches_per_epoch())]
+
+    def batch(self, order: np.ndarray, epoch: int, b: int) -> List[Tuple[int, int]]:
+        """This rank's keys of global batch ``b`` of an epoch's ``order``."""
+        first = b * self.global_batch + self.rank * self.batch_size
+        return [(epoch, int(i)) for i in order[first:first + self.batch_size]]
 
     def __iter__(self) -> Iterator[List[Tuple[int, int]]]:
+        """Batches from ``start`` on, each made when asked for (an epoch's batches are never all held)."""
         epoch, b0 = self.start
         while self.max_epochs is None or epoch < self.max_epochs:
-            batches = self.epoch_batches(epoch)
-            for b in range(b0, len(batches)):
-                yield batches[b]
+            order = self.epoch_order(epoch)
+            for b in range(b0, self.batches_per_epoch()):
+                yield self.batch(order, epoch, b)
             epoch, b0 = epoch + 1, 0
 
 

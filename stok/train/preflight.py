@@ -134,18 +134,16 @@ def tidy_logs(exp_dir: str, resumed_step: Optional[int]) -> None:
             atomic_write_text("".join(kept), path)
 
 
-def _first_entry(scp: str, utt_id: str):
-    import numpy as np
-
-    from stok.train.data import load_teacher_table
-
+def _first_entry(ds):
+    """The teacher array of a dataset's first utterance; a damaged archive or scp line is named."""
+    utt_id = ds.utts.utt_id(0)
     try:
-        return np.asarray(load_teacher_table(scp)[utt_id])
+        return ds.read_teacher(0)
     except UserError:
         raise
     except Exception as e:  # noqa: BLE001 - a damaged archive or scp line: name it
-        raise UserError(f"{scp}: the entry of {utt_id} cannot be read ({type(e).__name__}: {e}); dump the teacher "
-                        "again") from e
+        raise UserError(f"{ds.teacher_scp}: the entry of {utt_id} cannot be read ({type(e).__name__}: {e}); dump the "
+                        "teacher again") from e
 
 
 def check_teacher(source: str, semantic_dim: int, n_units: int, online_teacher=None, datasets=()) -> None:
@@ -163,8 +161,8 @@ def check_teacher(source: str, semantic_dim: int, n_units: int, online_teacher=N
     for ds in datasets:
         if ds is None or not ds.teacher_scp or not len(ds):
             continue
-        scp, utt = ds.teacher_scp, ds.utts[0].utt_id
-        arr = _first_entry(scp, utt)
+        scp, utt = ds.teacher_scp, ds.utts.utt_id(0)
+        arr = _first_entry(ds)
         if labels:
             if arr.ndim != 1:
                 raise UserError(f"{scp}: {utt} holds a {list(arr.shape)} matrix, not k-means labels [T]: give the "

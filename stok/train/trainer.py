@@ -19,6 +19,7 @@ update the discriminators are called unwrapped and frozen. Validation runs on ra
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -83,8 +84,9 @@ def build_data(cfg: TrainConfig, paths: Paths, info: DistInfo):
         else None
     sampler = ShardedBatchSampler(len(utts), cfg.data.batch_size, info.world, info.rank, cfg.sched.seed)
     if info.is_main:
-        log.info("train: %d utterances, %d batches per epoch (%d x %d processes); dev: %d utterances",
-                 len(utts), sampler.batches_per_epoch(), cfg.data.batch_size, info.world, len(dev_utts))
+        log.info("train: %d utterances (index %.1f MB), %d batches per epoch (%d x %d processes); dev: %d utterances",
+                 len(utts), train_ds.utts.nbytes / 2**20, sampler.batches_per_epoch(), cfg.data.batch_size, info.world,
+                 len(dev_utts))
     return train_ds, dev_ds, sampler
 
 
@@ -193,9 +195,10 @@ class Trainer:
         return ranks.parameters_in_sync(self.info, (self.gen, self.disc))
 
     # ------------------------------------------------------------------ the loop
-    def train(self, stop_after: Optional[int] = None, stop_signals: bool = True) -> Dict[str, Any]:
-        """Train until ``total_steps``, or ``stop_after`` more steps, or a SIGTERM/SIGUSR1 (``stop_signals``) seen
-        by any rank; an early stop saves a checkpoint (result ``stopped``: the signal's name)."""
+    def train(self, stop_after: Optional[int] = None, stop: Optional[signals.StopSignals] = None) -> Dict[str, Any]:
+        """Train until ``total_steps``, or ``stop_after`` more steps, or a SIGTERM/SIGUSR1 seen by any rank (caught
+        by ``stop``, already active, e.g. since before the trainer was built; default: caught while training);
+        an early stop saves a checkpoint (result ``stopped``: the signal's name)."""
         s, st, rep = self.cfg.sched, self.state, self.reporter
         rep.start(st.step, self.total_steps)
         loader = make_train_loader(self.train_ds, self.sampler, self.cfg.data.num_workers, self.hop,
@@ -206,9 +209,8 @@ class Trainer:
         if s.valid_at_start and st.step == 0:
             self.validate()
             last_dev_step = 0
-        stop = signals.StopSignals() if stop_signals else signals.StopSignals(())
         try:
-            with stop:
+            with (contextlib.nullcontext(stop) if stop is not None else signals.StopSignals()) as stop:
                 it = iter(loader)
                 while st.step < self.total_steps:
                     if stop_after is not None and st.step - start_step >= stop_after:

@@ -20,6 +20,9 @@ run through :mod:`stok.models.hubert.cpu_kernels` and the transformer's Linear l
 (:mod:`stok.models.packed_linear`; the extractor turns its model's Linear layers into ``PackedLinear`` in place,
 same parameters). Same products, other summation orders: features agree with torchaudio's to float32 rounding
 (<= 1e-4 at full size, tests/test_cpu_fast_paths.py). ``fast_cpu=False`` runs torchaudio's own modules.
+With ``dtype="bfloat16"`` on CPU the fast path multiplies the transformer's Linear layers in bfloat16 (fp32
+accumulation, float32 results: residual stream, LayerNorm, attention and the conv front end stay fp32), fast where
+the CPU has bfloat16 dot products (``stok.models.cpu_isa``); without ``fast_cpu`` (and on GPUs) it is autocast.
 
 **Frames.** Chunk or utterance of ``n >= 400`` samples -> ``floor((n - 400) / 320) + 1`` frames (frame k covers
 samples ``[320k, 320k + 400)``). Items shorter than 400 samples are zero-padded to 400 (one frame). Alignment to
@@ -145,7 +148,8 @@ class HubertExtractor:
     def set_fast_cpu(self, enabled: bool) -> "HubertExtractor":
         """The CPU kernels (see module docstring) on or off; off, the model is torchaudio's modules again."""
         self.fast_cpu = bool(enabled)
-        use_packed_linears(self.model.encoder, self.fast_cpu)
+        compute = torch.bfloat16 if self.dtype == torch.bfloat16 else torch.float32
+        use_packed_linears(self.model.encoder, self.fast_cpu, compute_dtype=compute)
         return self
 
     def to(self, device) -> "HubertExtractor":
@@ -154,12 +158,13 @@ class HubertExtractor:
 
     # ------------------------------------------------------------------------------------------------
     def _autocast(self):
-        if self.dtype == torch.float32:
+        if self.dtype == torch.float32 or self._fast(self.device):
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.dtype)
 
     def _fast(self, device: torch.device) -> bool:
-        return self.fast_cpu and device.type == "cpu" and self.dtype == torch.float32
+        """The CPU kernels run: fp32, or bfloat16 products in the Linear layers (module docstring)."""
+        return self.fast_cpu and device.type == "cpu" and self.dtype in (torch.float32, torch.bfloat16)
 
     def _frontend_per_item(self, chunks: Sequence[torch.Tensor]) -> List[torch.Tensor]:
         if self._fast_frontend is not None and self._fast(chunks[0].device):
@@ -277,7 +282,8 @@ class HubertExtractor:
     def describe(self) -> dict:
         from stok.models.hubert.configs import describe_config
 
+        cpu_bf16 = {"cpu_precision": "linear=bf16"} if self.dtype == torch.bfloat16 and self._fast(self.device) else {}
         return {"layer": self.layer, "num_layers": self.num_layers, "dim": self.dim, "normalize": self.normalize,
-                "max_chunk": self.max_chunk, "dtype": str(self.dtype).replace("torch.", ""),
+                "max_chunk": self.max_chunk, "dtype": str(self.dtype).replace("torch.", ""), **cpu_bf16,
                 "architecture": describe_config(self.config), "source": self.loaded.source,
                 "format": self.loaded.fmt}

@@ -9,16 +9,22 @@ Why this shape (measured on 200,000 x 768 clustered frames, k=500; see ``bench/k
   Greedy seeding costs ``k`` sequential steps over the seeding set, so it runs on a random subsample
   (``seed_frames``, default ``max(30000, 40 k)``; scikit-learn's MiniBatchKMeans also seeds on 3 x batch_size =
   30,000 frames), each step one ``[m, D] x [D, trials]`` product and a few vector operations.
-- **Lloyd iterations** are one ``[chunk, D] x [D, k]`` product per chunk (distances from precomputed
-  centroid norms), a min, and a scatter-add of the chunk into the new sums (float32 per block, float64 overall).
-  A warm-up runs on a subsample (``warmup_frames``, default ``max(20000, 100 k)``, until the inertia improves
-  by less than ``warmup_tol`` = 10 ``tol``) while the centroids still move a lot, then passes over every given
-  frame run until the inertia improves by less than ``tol`` (relative) or ``max_iter`` passes are done.
-- Passes after the first skip the frames that cannot have changed cluster (Hamerly's bounds, see
-  :class:`_Lloyd`): late passes, where few frames move, cost a fraction of a full one.
+- **Lloyd iterations** (:mod:`~stok.models.kmeans.lloyd`) are one ``[chunk, D] x [D, k]`` product per chunk
+  (distances from precomputed centroid norms), a min, and a scatter-add of the chunk into the new sums
+  (float32 per block, float64 overall). A warm-up runs on a subsample (``warmup_frames``, default
+  ``max(20000, 100 k)``, until the inertia improves by less than ``warmup_tol`` = 10 ``tol``) while the
+  centroids still move a lot, then passes over every given frame run until the inertia improves by less than
+  ``tol`` (relative) or ``max_iter`` passes are done.
+- Passes after the first skip the frames that cannot have changed cluster (Hamerly's bounds): late passes,
+  where few frames move, cost a fraction of a full one.
 - Empty clusters are re-seeded with the frames farthest from their centroids.
+- The frames may stay on disk (an on-disk sample, ``sample_file.DiskFrames``): the seeding and warm-up
+  subsample is read once (a bounded in-memory set), and every full pass streams the file block by block,
+  reading only blocks that hold a frame the bounds cannot settle. Memory then no longer holds the sample:
+  12 bytes a frame plus a fixed working set (``memory.py``).
 
-Everything is deterministic for a given ``seed`` on one device (the random draws come from a CPU generator).
+Everything is deterministic for a given ``seed`` on one device (the random draws come from CPU generators),
+and the same frames give the same centroids in memory or on disk (float32) for the same ``block_rows``.
 """
 
 from __future__ import annotations
@@ -31,11 +37,12 @@ from typing import Dict, List, Optional, Union
 
 import numpy as np
 import torch
+from tqdm import tqdm
+
+from stok.models.kmeans import lloyd as lloyd_mod
+from stok.models.kmeans.lloyd import Lloyd, TensorFrames, update_centroids
 
 log = logging.getLogger("stok.kmeans")
-
-
-PRUNE_MIN_WORK = 16384  # k x D below which Lloyd passes do not use the bounds
 
 
 def default_seed_frames(k: int) -> int:
@@ -105,218 +112,116 @@ def kmeans_pp_seed(S: torch.Tensor, k: int, generator: torch.Generator,
     return idx
 
 
-class _Lloyd:
-    """Lloyd passes over the rows of ``X``: assignment to the nearest centroid and the new sums and counts.
-
-    With ``prune`` (Hamerly's bounds), a pass after the first one recomputes only the frames whose assignment
-    may have changed: each frame keeps an upper bound on the distance to its centroid and a lower bound on the
-    distance to every other one; the bounds move by how far the centroids moved, and a frame whose upper bound
-    stays under its lower bound keeps its label without any distance computation. Sums and counts are then
-    updated by the frames that changed cluster only, and the inertia of the assignment comes from the sums:
-    ``sum |x|^2 - 2 sum_j c_j . S_j + sum_j n_j |c_j|^2``. Same result as plain Lloyd up to float32 near-ties.
-    """
-
-    def __init__(self, X: torch.Tensor, device: torch.device, k: int, prune: bool = True):
-        # bounds pay off when a distance row (k x D multiply-adds) costs much more than the gathers they need;
-        # with MFCC-sized work (k=100, D=39) a bounded pass took 0.4 s against 0.2 s for a plain one
-        prune = prune and k * X.shape[1] >= PRUNE_MIN_WORK
-        self.X, self.device, self.k, self.prune = X, device, k, prune
-        self.chunk = chunk_rows(k, device)
-        self.lab = None
-        self.recomputed: List[float] = []
-
-    def _top2(self, xb: torch.Tensor, C: torch.Tensor, cc: torch.Tensor):
-        dist = torch.addmm(cc[None], xb, C.T, alpha=-2)
-        xx = (xb * xb).sum(1)
-        d1, lab = dist.min(1)
-        if self.prune:
-            dist.scatter_(1, lab[:, None], float("inf"))
-            d2 = dist.min(1).values.add_(xx).clamp_(min=0).sqrt_()
-        else:
-            d2 = None
-        return lab, d1.add_(xx).clamp_(min=0), d2, xx
-
-    @torch.no_grad()
-    def run(self, C: torch.Tensor, C_prev: Optional[torch.Tensor] = None):
-        """One pass with centroids ``C``; returns (sums float64 [k, D], counts [k], far-score per frame, inertia)."""
-        if self.prune and self.lab is not None and C_prev is not None:
-            out = self._pruned(C, C_prev)
-            if out is not None:
-                return out
-        X, dev, k = self.X, self.device, self.k
-        n, d = X.shape
-        cc = (C * C).sum(1)
-        sums64 = torch.zeros(k, d, dtype=torch.float64, device=dev)
-        sums32 = torch.zeros(k, d, dtype=torch.float32, device=dev)
-        counts = torch.zeros(k, dtype=torch.long, device=dev)
-        mind_all = torch.empty(n, dtype=torch.float32, device=dev)
-        if self.prune:
-            self.lab = torch.empty(n, dtype=torch.long, device=dev)
-            self.ub = torch.empty(n, dtype=torch.float32, device=dev)
-            self.lb = torch.empty(n, dtype=torch.float32, device=dev)
-        total = torch.zeros((), dtype=torch.float64, device=dev)
-        xx_total = torch.zeros((), dtype=torch.float64, device=dev)
-        pending = 0
-        for s in range(0, n, self.chunk):
-            xb = X[s:s + self.chunk].to(dev, non_blocking=True)
-            lab, mind, d2, xx = self._top2(xb, C, cc)
-            e = s + len(xb)
-            mind_all[s:e] = mind
-            total += mind.sum(dtype=torch.float64)
-            xx_total += xx.sum(dtype=torch.float64)
-            if self.prune:
-                self.lab[s:e], self.ub[s:e], self.lb[s:e] = lab, mind.sqrt(), d2
-            sums32.index_add_(0, lab, xb)
-            counts += torch.bincount(lab, minlength=k)
-            pending += len(xb)
-            if pending >= (1 << 18):  # float32 partial sums over at most 262,144 frames
-                sums64 += sums32
-                sums32.zero_()
-                pending = 0
-        sums64 += sums32
-        self.xx_total = xx_total
-        if self.prune:
-            self.sums, self.counts = sums64, counts
-        self.recomputed.append(1.0)
-        return sums64.clone(), counts.clone(), mind_all, float(total) / max(1, n)
-
-    @torch.no_grad()
-    def _pruned(self, C: torch.Tensor, C_prev: torch.Tensor):
-        X, dev = self.X, self.device
-        n = X.shape[0]
-        drift = (C - C_prev).norm(dim=1)
-        self.ub += drift[self.lab]
-        # the lower bound covers every other centroid: it moves by the largest drift among those
-        top = torch.topk(drift, min(2, len(drift))).values
-        if len(top) == 2:
-            self.lb -= torch.where(self.lab == int(drift.argmax()), top[1], top[0])
-        else:
-            self.lb -= top[0]
-        need = (self.ub >= self.lb * (1 - 1e-5)).nonzero().squeeze(1)
-        if len(need) > 0.6 * n:  # most frames may move: a plain pass (no gathers) is cheaper, and resets the bounds
-            return None
-        cc = (C * C).sum(1)
-        sums, counts = self.sums, self.counts
-        recomputed = 0
-        for s in range(0, len(need), self.chunk):
-            idx = need[s:s + self.chunk]
-            xb = X[idx.to(X.device)].to(dev, non_blocking=True)
-            own = self.lab[idx]
-            d_own = (xb - C[own]).square_().sum(1).sqrt_()  # tighten the upper bound first
-            self.ub[idx] = d_own
-            still = d_own >= self.lb[idx] * (1 - 1e-5)
-            idx, xb, own = idx[still], xb[still], own[still]
-            if not len(idx):
-                continue
-            recomputed += len(idx)
-            lab, mind, d2, _ = self._top2(xb, C, cc)
-            self.ub[idx], self.lb[idx] = mind.sqrt(), d2
-            moved = lab != own
-            if bool(moved.any()):
-                xm = xb[moved].double()
-                sums.index_add_(0, lab[moved], xm)
-                sums.index_add_(0, own[moved], xm, alpha=-1)
-                counts += torch.bincount(lab[moved], minlength=self.k) - torch.bincount(own[moved], minlength=self.k)
-                self.lab[idx] = lab
-        self.recomputed.append(recomputed / max(1, n))
-        Cd = C.double()
-        total = float(self.xx_total - 2 * (Cd * sums).sum() + (counts.double() * (Cd * Cd).sum(1)).sum())
-        # frames farthest from their centroids (for re-seeding empty clusters): the upper bounds
-        return sums.clone(), counts.clone(), self.ub.square(), max(0.0, total) / max(1, n)
+def _finite(frames: TensorFrames, rows: int) -> bool:
+    return all(bool(torch.isfinite(blk).all()) for _, blk in frames.blocks(rows))
 
 
-def _update(C: torch.Tensor, sums64: torch.Tensor, counts: torch.Tensor, mind: torch.Tensor,
-            X: torch.Tensor) -> tuple:
-    """New centroids = means; empty clusters get the frames farthest from their centroids."""
-    new = (sums64 / counts.clamp(min=1)[:, None]).to(C.dtype)
-    empty = (counts == 0).nonzero().squeeze(1)
-    if len(empty):
-        far = torch.topk(mind, min(len(empty), len(mind))).indices
-        new[empty[: len(far)]] = X[far.to(X.device)].to(C.device, C.dtype)
-    return new, int(len(empty))
+def _subsample(n: int, size: int, seed: int) -> np.ndarray:
+    """``size`` distinct frame indices in random order, drawn in O(size) memory when size << n (NumPy's
+    Floyd sampling; at most 50 x size indices otherwise): the seeding set is a prefix of the warm-up set."""
+    if size <= 0:
+        return np.zeros(0, dtype=np.int64)
+    return np.random.default_rng([int(seed), 20]).choice(n, size=size, replace=False)
+
+
+def _bars(total_what: str, total: int):
+    return tqdm(total=total, desc=f"k-means {total_what}", unit="frame" if total_what == "pass" else "block",
+                unit_scale=True, mininterval=5, disable=None, leave=False)
 
 
 @torch.no_grad()
-def fit_kmeans(X: Union[np.ndarray, torch.Tensor], n_clusters: int, *, seed: int = 0,
+def fit_kmeans(X, n_clusters: int, *, seed: int = 0,
                seed_frames: Optional[int] = None, n_local_trials: Optional[int] = None,
                warmup_frames: Optional[int] = None, warmup_iters: int = 30, max_iter: int = 50,
                tol: float = 1e-4, device: Union[str, torch.device] = "cpu", prune: bool = True,
                seed_threads: int = 1, warmup_tol: Optional[float] = None,
-               init_centroids: Optional[np.ndarray] = None) -> KMeansResult:
-    """Fit k-means to the rows of ``X`` (float32 [N, D]); see the module docstring for the method.
+               init_centroids: Optional[np.ndarray] = None, block_rows: int = 0) -> KMeansResult:
+    """Fit k-means to the rows of ``X``; see the module docstring for the method.
 
+    ``X``: float32 ``[N, D]`` (numpy or torch), or an on-disk sample (``sample_file.DiskFrames``), whose
+    blocks are read once per pass (memory: 12 bytes a frame plus a fixed working set, ``memory.py``).
     ``tol``: a phase stops when a pass lowers the mean inertia by less than ``tol`` times itself.
     ``warmup_frames=0`` or ``warmup_iters=0`` skips the warm-up; ``init_centroids`` skips the seeding;
     ``prune=False`` recomputes every distance in every pass (plain Lloyd; same result, slower).
     ``seed_threads``: torch CPU threads during the seeding (0: unchanged). Its ``k`` steps are many small
     operations; with several threads each one waits for the slowest thread, which on a shared or busy CPU made
     the seeding 4-5x *slower* than one thread (measured: 7 s with one thread, 28-36 s with two).
+    ``block_rows``: frames a full pass takes at a time (0: 64 MB of float32 rows); the same value gives the
+    same result for the same frames in memory or on disk.
     """
     t0 = time.perf_counter()
     device = torch.device(device)
     warmup_tol = 10 * tol if warmup_tol is None else warmup_tol
-    if isinstance(X, np.ndarray):
-        Xt = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))
+    if hasattr(X, "blocks"):
+        frames, storage = X, f"disk {X.dtype.name}"
     else:
-        Xt = X.float().contiguous()
-    if Xt.ndim != 2:
-        raise ValueError(f"k-means input must be [N, D], got shape {tuple(Xt.shape)}")
-    n, d = Xt.shape
+        Xt = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32)) if isinstance(X, np.ndarray) \
+            else X.float().contiguous()
+        if Xt.ndim != 2:
+            raise ValueError(f"k-means input must be [N, D], got shape {tuple(Xt.shape)}")
+        if device.type == "cuda":  # keep the data on the GPU when it fits comfortably, else stream chunks
+            free, _ = torch.cuda.mem_get_info(device)
+            if Xt.numel() * 4 < 0.5 * free:
+                Xt = Xt.to(device)
+            elif not Xt.is_pinned():
+                Xt = Xt.pin_memory()
+        frames, storage = TensorFrames(Xt), "memory"
+    n, d = frames.n, frames.dim
     k = int(n_clusters)
     if k < 1:
         raise ValueError("n_clusters must be >= 1")
     if n < k:
         raise ValueError(f"only {n} frames for {k} clusters: sample more frames (--percent/--max_frames) "
                          "or ask for fewer clusters")
-    if not bool(torch.isfinite(Xt).all()):
+    block_rows = block_rows or max(1, (64 << 20) // (4 * d))
+    if storage == "memory" and not _finite(frames, block_rows):
         raise ValueError("k-means input holds non-finite values (NaN/inf)")
-    if device.type == "cuda":  # keep the data on the GPU when it fits comfortably, else stream chunks
-        free, _ = torch.cuda.mem_get_info(device)
-        if Xt.numel() * 4 < 0.5 * free:
-            Xt = Xt.to(device)
-        elif not Xt.is_pinned():
-            Xt = Xt.pin_memory()
     g = torch.Generator().manual_seed(int(seed))
-    perm = torch.randperm(n, generator=g)
     history: List[Dict] = []
     seconds: Dict[str, float] = {}
 
     m = min(n, max(k, seed_frames or default_seed_frames(k)))
+    w = min(n, warmup_frames if warmup_frames is not None else default_warmup_frames(k))
+    warm = warmup_iters > 0 and k <= w <= n // 2
+    ts = time.perf_counter()
+    sub = frames.rows(_subsample(n, max(0 if init_centroids is not None else m, w if warm else 0), seed))
+    sub = sub.to(device)
+    if storage != "memory" and not bool(torch.isfinite(sub).all()):
+        raise ValueError("k-means input holds non-finite values (NaN/inf)")
+    seconds["subsample"] = time.perf_counter() - ts
     if init_centroids is not None:
         C = torch.as_tensor(np.asarray(init_centroids, dtype=np.float32), device=device).clone()
         if tuple(C.shape) != (k, d):
             raise ValueError(f"init_centroids must be [{k}, {d}], got {tuple(C.shape)}")
     else:
         ts = time.perf_counter()
-        S = Xt[perm[:m].to(Xt.device)].to(device)
         threads = torch.get_num_threads()
         if device.type == "cpu" and seed_threads:
             torch.set_num_threads(seed_threads)
         try:
-            C = S[kmeans_pp_seed(S, k, g, n_local_trials).to(device)].clone()
+            C = sub[kmeans_pp_seed(sub[:m], k, g, n_local_trials).to(device)].clone()
         finally:
             torch.set_num_threads(threads)
-        del S
         seconds["seed"] = time.perf_counter() - ts
         log.info("k-means++ seeding (greedy, %d trials) of %d clusters on %d frames: %.1f s",
                  n_local_trials or 2 + int(math.log(k)), k, m, seconds["seed"])
 
-    def phase(name: str, Xp: torch.Tensor, iters: int, C: torch.Tensor, tol: float):
-        lloyd = _Lloyd(Xp, device, k, prune)
+    def phase(name: str, source, iters: int, C: torch.Tensor, tol: float, bars=None):
+        lloyd = Lloyd(source, device, k, prune, block_rows, bars)
         prev, it, converged, last, C_prev = None, 0, False, None, None
         tp = time.perf_counter()
         while it < iters:
             ti = time.perf_counter()
-            sums, counts, mind, inertia = lloyd.run(C, C_prev)
+            sums, counts, inertia = lloyd.run(C, C_prev)
             C_prev = C
-            C, n_empty = _update(C, sums, counts, mind, Xp)
+            C, n_empty = update_centroids(C, sums, counts, lloyd)
             it += 1
             last = (inertia, counts)
-            history.append({"phase": name, "iter": it, "frames": int(Xp.shape[0]), "inertia": inertia,
+            history.append({"phase": name, "iter": it, "frames": int(source.n), "inertia": inertia,
                             "empty": n_empty, "recomputed": lloyd.recomputed[-1],
                             "seconds": time.perf_counter() - ti})
             log.info("%s pass %d on %d frames: inertia %.4f, %.0f%% of frames recomputed%s (%.1f s)", name, it,
-                     Xp.shape[0], inertia, 100 * lloyd.recomputed[-1],
+                     source.n, inertia, 100 * lloyd.recomputed[-1],
                      f", {n_empty} empty clusters re-seeded" if n_empty else "", history[-1]["seconds"])
             if prev is not None and n_empty == 0 and prev - inertia <= tol * abs(inertia):
                 converged = True
@@ -325,17 +230,18 @@ def fit_kmeans(X: Union[np.ndarray, torch.Tensor], n_clusters: int, *, seed: int
         seconds[name] = time.perf_counter() - tp
         return C, it, converged, last
 
-    w = min(n, warmup_frames if warmup_frames is not None else default_warmup_frames(k))
     n_warm = 0
-    if warmup_iters > 0 and k <= w <= n // 2:
-        C, n_warm, _, _ = phase("warmup", Xt[perm[:w].to(Xt.device)], warmup_iters, C, warmup_tol)
-    C, n_full, converged, last = phase("full", Xt, max(1, max_iter), C, tol)
+    if warm:
+        C, n_warm, _, _ = phase("warmup", TensorFrames(sub[:w]), warmup_iters, C, warmup_tol)
+    del sub
+    C, n_full, converged, last = phase("full", frames, max(1, max_iter), C, tol,
+                                       _bars if storage != "memory" or n >= 1_000_000 else None)
     seconds["total"] = time.perf_counter() - t0
     settings = {"n_clusters": k, "seed": int(seed), "seed_frames": m if init_centroids is None else 0,
                 "n_local_trials": n_local_trials or 2 + int(math.log(k)), "warmup_frames": w if n_warm else 0,
                 "warmup_iters": warmup_iters, "max_iter": max_iter, "tol": tol, "device": str(device),
-                "prune": prune and k * d >= PRUNE_MIN_WORK,
-                "seed_threads": seed_threads,
+                "prune": prune and k * d >= lloyd_mod.PRUNE_MIN_WORK,
+                "seed_threads": seed_threads, "storage": storage, "block_rows": block_rows,
                 "frames": int(n), "dim": int(d)}
     return KMeansResult(centroids=C.float().cpu().numpy(), inertia=last[0], counts=last[1].cpu().numpy(),
                         n_iter_warmup=n_warm, n_iter=n_full, converged=converged, history=history,

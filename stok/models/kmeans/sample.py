@@ -1,6 +1,7 @@
 """Streaming frame sampling from a Kaldi feature scp (``utt ark:offset`` lines, float matrices [T, D]).
 
-Two passes, never more than the sample in memory:
+Two passes (:func:`plan_sample`, then :func:`fill_sample` into a sink), never more than one utterance and
+the sink's own storage in memory:
 
 1. **Shapes**: for ``path:offset`` entries only the matrix header is read (Kaldi ``FM``/``DM`` and compressed
    ``CM``/``CM2``/``CM3`` records: a few bytes at the offset); other entries (pipes, slices, text) are loaded once
@@ -8,7 +9,8 @@ Two passes, never more than the sample in memory:
    majority are failures: listed, left out, never silently skipped.
 2. **Rows**: the target number of frames ``n = min(ceil(percent * total), max_frames)`` is spread over the
    utterances and only the chosen rows of each matrix are kept, written straight into one preallocated
-   float32 ``[n, D]`` array.
+   float32 ``[n, D]`` array (:class:`ArraySink`) or, block by block, into an on-disk sample
+   (``sample_file.FileSink``: float16 or float32, O(1) memory). The rows are the same either way.
 
 ``by="frame"`` (default): a uniform sample of frames without replacement (the per-utterance counts are one
 multivariate hypergeometric draw), so every utterance is read once when the sample is large.
@@ -134,17 +136,55 @@ class MatrixReader:
 
 @dataclass
 class Sample:
-    frames: np.ndarray  # float32 [n, D]
+    frames: object  # float32 numpy [n, D] in memory, or sample_file.DiskFrames on disk
     dim: int
     total_frames: int
     total_utterances: int
     sampled_utterances: int
     failures: Dict[str, str] = field(default_factory=dict)
 
+    @property
+    def n(self) -> int:
+        return int(self.frames.n if hasattr(self.frames, "n") else len(self.frames))
+
     def info(self) -> dict:
         return {"total_frames": self.total_frames, "total_utterances": self.total_utterances,
-                "sampled_frames": int(len(self.frames)), "sampled_utterances": self.sampled_utterances,
+                "sampled_frames": self.n, "sampled_utterances": self.sampled_utterances,
                 "failed": len(self.failures), "dim": self.dim}
+
+
+@dataclass
+class SamplePlan:
+    """Pass 1's result: which rows each usable utterance gives (``counts``), and the generator that then
+    draws the rows inside each utterance (pass 2, :func:`fill_sample`)."""
+    scp: str
+    usable: List[Tuple[str, str]]
+    rows: np.ndarray
+    counts: np.ndarray
+    n: int
+    dim: int
+    total: int
+    failures: Dict[str, str]
+    rng: np.random.Generator
+    entries: int
+
+
+class ArraySink:
+    """Sampled rows into one float32 array [n, D] in memory."""
+
+    def __init__(self, n: int, dim: int):
+        self.out = np.empty((n, dim), dtype=np.float32)
+        self.count = 0
+
+    def put(self, rows: np.ndarray, key: str = "") -> None:
+        self.out[self.count:self.count + len(rows)] = rows
+        self.count += len(rows)
+
+    def finish(self, info: dict, failures: Dict[str, str]) -> np.ndarray:
+        return self.out if self.count == len(self.out) else self.out[:self.count]
+
+    def abort(self) -> None:
+        self.out = None
 
 
 def scan_shapes(entries: List[Tuple[str, str]], reader: MatrixReader,
@@ -176,80 +216,105 @@ def majority_dim(shapes: Dict[str, Tuple[int, ...]], failures: Dict[str, str], w
 
 
 def check_memory(nbytes: int, n: int, dim: int) -> None:
-    """Fail before allocating a sample that does not fit in the memory available now (Linux)."""
-    try:
-        avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
+    """Fail before allocating an in-memory sample that does not fit in the memory available now (Linux)."""
+    from stok.models.kmeans.memory import MARGIN, gb, mem_available
+
+    avail = mem_available()
+    if avail is None:
         return
-    if nbytes > 0.8 * avail:
-        raise FeatsError(f"the sample of {n} frames x {dim} dims needs {nbytes / 1e9:.1f} GB, but only "
-                         f"{avail / 1e9:.1f} GB of memory is available: lower --percent or set --max_frames")
+    if nbytes > MARGIN * avail:
+        raise FeatsError(f"the sample of {n} frames x {dim} dims needs {gb(nbytes)} in memory, more than "
+                         f"{100 * MARGIN:.0f}% of the {gb(avail)} available now (MemAvailable): learn from an "
+                         "on-disk sample (--sample_in disk), lower --percent or set --max_frames")
 
 
-def sample_frames(scp: str, percent: float = 1.0, max_frames: int = 0, seed: int = 0,
-                  by: str = "frame") -> Sample:
-    """Sample frames from the float matrices of ``scp`` (see the module docstring)."""
+def _check_args(percent: float, max_frames: int, by: str) -> None:
     if not 0.0 < percent <= 1.0:
         raise FeatsError(f"percent must be a fraction in (0, 1] (0.1 means 10%), got {percent}")
     if max_frames < 0:
         raise FeatsError("max_frames must be >= 0 (0: no limit)")
     if by not in ("frame", "utterance"):
         raise FeatsError(f"sample_by must be 'frame' or 'utterance', got {by!r}")
+
+
+def plan_sample(scp: str, percent: float = 1.0, max_frames: int = 0, seed: int = 0,
+                by: str = "frame") -> SamplePlan:
+    """Pass 1: read every entry's shape (matrix headers) and decide how many rows each utterance gives."""
+    _check_args(percent, max_frames, by)
     entries = read_feats_scp(scp)
     failures: Dict[str, str] = {}
     with MatrixReader() as reader:
         shapes = scan_shapes(entries, reader, failures)
-        dim = majority_dim(shapes, failures, scp)
-        usable = [(k, s) for k, s in entries if k not in failures]
-        rows = np.array([shapes[k][0] for k, _ in usable], dtype=np.int64)
-        total = int(rows.sum())
-        if total == 0:
-            raise FeatsError(f"{scp}: the usable matrices hold no frames")
-        n = math.ceil(percent * total)
-        if max_frames:
-            n = min(n, max_frames)
-        rng = np.random.default_rng(seed)
-        if n == total:
-            counts = rows.copy()
-        elif by == "frame":
-            counts = rng.multivariate_hypergeometric(rows, n, method="marginals")
-        else:
-            counts = np.zeros_like(rows)
-            need = n
-            for i in rng.permutation(len(rows)):
-                if need <= 0:
-                    break
-                counts[i] = min(rows[i], need)
-                need -= counts[i]
-        check_memory(n * dim * 4, n, dim)
-        out = np.empty((n, dim), dtype=np.float32)
-        pos = 0
-        sampled_utts = 0
-        bar = tqdm(total=int(n), desc="sampling frames", unit="frame", unit_scale=True, mininterval=5, disable=None)
-        for (key, spec), c, r in zip(usable, counts, rows):
-            if c == 0:
-                continue
-            bar.update(int(c))
-            try:
-                mat = reader.load(spec)
-            except Exception as e:  # noqa: BLE001
-                failures[key] = f"unreadable: {type(e).__name__}: {e}"
-                continue
-            if mat.shape != (r, dim):
-                failures[key] = f"shape {mat.shape} differs from its header {(int(r), dim)}"
-                continue
-            take = mat if c == r else mat[np.sort(rng.choice(r, size=int(c), replace=False))]
-            if not np.isfinite(take).all():
-                failures[key] = "non-finite values (NaN/inf)"
-                continue
-            out[pos:pos + c] = take
-            pos += int(c)
-            sampled_utts += 1
+    dim = majority_dim(shapes, failures, scp)
+    usable = [(k, s) for k, s in entries if k not in failures]
+    rows = np.array([shapes[k][0] for k, _ in usable], dtype=np.int64)
+    total = int(rows.sum())
+    if total == 0:
+        raise FeatsError(f"{scp}: the usable matrices hold no frames")
+    n = math.ceil(percent * total)
+    if max_frames:
+        n = min(n, max_frames)
+    rng = np.random.default_rng(seed)
+    if n == total:
+        counts = rows.copy()
+    elif by == "frame":
+        counts = rng.multivariate_hypergeometric(rows, n, method="marginals")
+    else:
+        counts = np.zeros_like(rows)
+        need = n
+        for i in rng.permutation(len(rows)):
+            if need <= 0:
+                break
+            counts[i] = min(rows[i], need)
+            need -= counts[i]
+    return SamplePlan(scp=scp, usable=usable, rows=rows, counts=counts, n=int(n), dim=dim, total=total,
+                      failures=failures, rng=rng, entries=len(entries))
+
+
+def fill_sample(plan: SamplePlan, sink) -> Sample:
+    """Pass 2: the chosen rows of each utterance, in scp order, into ``sink`` (in memory or on disk)."""
+    failures, dim, rng = plan.failures, plan.dim, plan.rng
+    pos = 0
+    sampled_utts = 0
+    bar = tqdm(total=plan.n, desc="sampling frames", unit="frame", unit_scale=True, mininterval=5, disable=None)
+    try:
+        with MatrixReader() as reader:
+            for (key, spec), c, r in zip(plan.usable, plan.counts, plan.rows):
+                if c == 0:
+                    continue
+                bar.update(int(c))
+                try:
+                    mat = reader.load(spec)
+                except Exception as e:  # noqa: BLE001
+                    failures[key] = f"unreadable: {type(e).__name__}: {e}"
+                    continue
+                if mat.shape != (r, dim):
+                    failures[key] = f"shape {mat.shape} differs from its header {(int(r), dim)}"
+                    continue
+                take = mat if c == r else mat[np.sort(rng.choice(r, size=int(c), replace=False))]
+                if not np.isfinite(take).all():
+                    failures[key] = "non-finite values (NaN/inf)"
+                    continue
+                sink.put(take, key)
+                pos += int(c)
+                sampled_utts += 1
         bar.close()
-    if pos < n:
-        out = out[:pos]
-    if failures:
-        log.warning("%d of %d entries of %s failed and are left out of the sample, e.g. %s: %s", len(failures),
-                    len(entries), scp, *next(iter(failures.items())))
-    return Sample(frames=out, dim=dim, total_frames=total, total_utterances=len(usable),
+        if failures:
+            log.warning("%d of %d entries of %s failed and are left out of the sample, e.g. %s: %s",
+                        len(failures), plan.entries, plan.scp, *next(iter(failures.items())))
+        info = {"total_frames": plan.total, "total_utterances": len(plan.usable), "sampled_frames": pos,
+                "sampled_utterances": sampled_utts, "failed": len(failures), "dim": dim}
+        frames = sink.finish(info, failures)
+    except BaseException:
+        sink.abort()
+        raise
+    return Sample(frames=frames, dim=dim, total_frames=plan.total, total_utterances=len(plan.usable),
                   sampled_utterances=sampled_utts, failures=failures)
+
+
+def sample_frames(scp: str, percent: float = 1.0, max_frames: int = 0, seed: int = 0,
+                  by: str = "frame") -> Sample:
+    """Sample frames from the float matrices of ``scp`` into memory (see the module docstring)."""
+    plan = plan_sample(scp, percent, max_frames, seed, by)
+    check_memory(plan.n * plan.dim * 4, plan.n, plan.dim)
+    return fill_sample(plan, ArraySink(plan.n, plan.dim))

@@ -5,7 +5,9 @@ utterance's own maximum, so padding never changes features); ``num_frames`` is t
 (the engine's bucketing and ``--max_frames`` budget are in mel frames); ``encode`` runs one padded
 batch through the model (long utterances in bounded window batches) and returns int32 token vectors.
 ``fingerprint`` (what a resumed dump must share): the version, the full config, the dtype and the SHA-256 of
-the weights file (``weights_file``; for an official name, the verified official ONNX file's).
+the weights file (``weights_file``; for an official name, the verified official ONNX file's). A CPU run in bfloat16
+(``--dtype bf16``: fp32 parameters, bf16 matrix products by the recipe ``stok.models.s3.cpu_infer.Precision``)
+records dtype ``bfloat16`` and the recipe as ``cpu_precision``; fp32 fingerprints are unchanged by it.
 """
 
 from __future__ import annotations
@@ -24,9 +26,17 @@ from stok.models.s3.model import S3Tokenizer
 class S3DumpModel(DumpModel):
     sample_rate = SAMPLE_RATE
     min_samples = MIN_SAMPLES
-    # On CPU the encoder's matrix products reach their best speed at a few hundred tokens per batch; larger batches
-    # only add padding (and memory traffic), so CPU batches hold about 40 s of audio
     batch_seconds = {"cpu": 40.0, "cuda": 240.0}
+    #: On CPU a batch is one matrix of frames without padding (``stok.models.s3.cpu_infer``): its products reach
+    #: full speed at a few hundred token rows, and past about a thousand rows the activations outgrow the caches
+    #: (measured on 2 AVX-512 cores: 2000 rows 15-20% slower than 1000). So CPU batches hold about 1000 tokens:
+    #: 20 s of audio at 50 Hz, 40 s at 25 Hz.
+    cpu_batch_tokens = 1000
+
+    def default_batch_seconds(self, device: torch.device) -> float:
+        if torch.device(device).type == "cpu":
+            return self.cpu_batch_tokens / self.model.cfg.token_rate
+        return super().default_batch_seconds(device)
 
     def __init__(self, model: S3Tokenizer, weights_file: Optional[str] = None):
         self.model = model
@@ -51,11 +61,18 @@ class S3DumpModel(DumpModel):
         codes = codes.to(torch.int32).cpu().numpy()
         return [codes[i, :n] for i, n in enumerate(code_lens.tolist())]
 
+    def precision(self) -> dict:
+        """{"dtype": what the encoder computes in} (+ {"cpu_precision": the bf16 recipe} for a CPU bf16 run)."""
+        p = self.model.cpu_inference.precision
+        if self.model.device.type == "cpu" and self.model.fast_cpu and p.bf16:
+            return {"dtype": "bfloat16", "cpu_precision": p.tag}
+        return {"dtype": str(self.model.dtype).replace("torch.", "")}
+
     def describe(self) -> dict:
         cfg, info = self.model.cfg, self.model.info
         return {"model": "s3tokenizer", "version": cfg.version, "token_rate": cfg.token_rate,
                 "vocab_size": cfg.vocab_size, "d_model": cfg.d_model, "n_layers": cfg.n_layers,
-                "dtype": str(self.model.dtype).replace("torch.", ""), "source": info.get("source"),
+                **self.precision(), "source": info.get("source"),
                 "source_sha256": info.get("source_sha256"), "demo": bool(info.get("demo")),
                 "window_frames": cfg.window_frames, "hop_frames": cfg.hop_frames}
 
@@ -67,4 +84,4 @@ class S3DumpModel(DumpModel):
         else:  # an official name: the ONNX file it was loaded or converted from, checked against its SHA-256
             weights = self.model.info.get("source_sha256") or module_checksum(self.model)
         return {"model": "s3tokenizer", "version": self.model.cfg.version, "config": self.model.cfg.to_dict(),
-                "dtype": str(self.model.dtype).replace("torch.", ""), "weights_sha256": weights}
+                **self.precision(), "weights_sha256": weights}

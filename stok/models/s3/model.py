@@ -19,12 +19,15 @@ from torch import nn
 
 from stok.models.packed_linear import PackedLinear
 from stok.models.s3.config import S3Config
+from stok.models.s3.cpu_infer import FP32, CpuInference, Precision, eligible
 from stok.models.s3.encoder import Encoder, LayerNorm32, init_random
 from stok.models.s3.long_audio import Window, plan_windows
 from stok.models.s3.quantizer import build_quantizer
 
 
 class S3Tokenizer(nn.Module):
+    fast_cpu: bool = True
+
     def __init__(self, cfg: S3Config, window_batch: int = 8):
         super().__init__()
         self.cfg = cfg
@@ -32,6 +35,7 @@ class S3Tokenizer(nn.Module):
         self.quantizer = build_quantizer(cfg)
         self.window_batch = window_batch
         self.info = {"version": cfg.version, "source": None, "source_sha256": None, "demo": False}
+        self.cpu_inference = CpuInference(FP32)
 
     # ------------------------------------------------------------------ set-up
     @property
@@ -52,10 +56,14 @@ class S3Tokenizer(nn.Module):
         return self
 
     def set_fast_cpu(self, enabled: bool = True) -> "S3Tokenizer":
-        """CPU kernels (default on): prepacked oneDNN Linear layers and codebook product, the FSMN as shifted
-        multiply-adds, no attention mask when nothing is padded (see ``stok.models.s3.encoder``). Off: the plain
-        reference path (and the packed copies are freed). Either way GPUs, other dtypes and gradients take the
-        plain path."""
+        """CPU kernels (default on): ``quantize`` runs ``stok.models.s3.cpu_infer`` (ragged batches without padding,
+        prepacked oneDNN products, fused GELU and residual adds) and direct encoder calls use prepacked Linear
+        layers, the FSMN as shifted multiply-adds and no attention mask when nothing is padded
+        (``stok.models.s3.encoder``). Off: the plain reference path (and the packed copies are freed). Either way
+        GPUs, other dtypes and gradients take the plain path."""
+        self.fast_cpu = bool(enabled)
+        if not enabled:
+            self.cpu_inference.clear()
         for m in self.modules():
             if isinstance(m, PackedLinear):
                 m.packed = bool(enabled)
@@ -65,6 +73,13 @@ class S3Tokenizer(nn.Module):
                 m.fast_cpu = bool(enabled)
         if not enabled and hasattr(self.quantizer, "_pack"):
             self.quantizer._pack.clear()
+        return self
+
+    def set_cpu_precision(self, precision: Precision) -> "S3Tokenizer":
+        """Which parts of the CPU fast path run in bfloat16 (``stok.models.s3.cpu_infer.Precision``; default fp32).
+        Used only where the fast path runs (``set_fast_cpu(True)``, CPU, fp32 parameters, no gradients). Packed
+        weights are kept per dtype, so switching back and forth repacks nothing."""
+        self.cpu_inference.precision = precision
         return self
 
     def freeze(self) -> "S3Tokenizer":
@@ -85,6 +100,10 @@ class S3Tokenizer(nn.Module):
     # ------------------------------------------------------------------ inference
     def single_pass(self, mels: torch.Tensor, mel_lens: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """One encoder pass over a padded batch (no windowing): tokens [B, T'] int32 (padding = 0), lengths."""
+        if self.fast_cpu and eligible(self):
+            parts = self.cpu_inference.tokens(self, mels, mel_lens.tolist())
+            lens = torch.tensor([len(p) for p in parts], device=mels.device)
+            return torch.nn.utils.rnn.pad_sequence(parts, batch_first=True), lens
         hidden, lens = self.encoder(mels, mel_lens)
         tokens = self.quantizer(hidden)
         valid = torch.arange(tokens.shape[1], device=tokens.device)[None, :] < lens[:, None]
@@ -95,7 +114,8 @@ class S3Tokenizer(nn.Module):
 
     @torch.no_grad()
     def quantize(self, mels: torch.Tensor, mel_lens: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """mels [B, n_mels, T] (any padding past each length), mel_lens [B] -> codes [B, N] int64, code_lens [B] int64."""
+        """mels [B, n_mels, T] (any padding past each length), mel_lens [B] -> codes [B, N] int64, code_lens [B]
+        int64."""
         if mels.dim() != 3 or mels.shape[1] != self.cfg.n_mels:
             raise ValueError(f"mels must be [B, {self.cfg.n_mels}, T], got {tuple(mels.shape)}")
         device = self.device

@@ -3,15 +3,21 @@
 The engine reads and resamples audio in its workers; ``encode`` runs one padded, length-sorted batch
 through the encoder with each item's true length and returns, per utterance, its ``ceil(samples / hop)``
 frames of the first ``n_q`` codebooks as int32 ``[T, n_q]`` (stored as exact float32 matrices, 4 bytes a
-code; read back with ``stok.core.storage.load_codes``): by default through ``model.encode`` (on CPU item by
-item: bitwise the one-at-a-time codes). With ``--cpu_kernels fast`` (``set_fast_cpu(True)``), on CPU in fp32,
-the batch runs through the inference fast path (:mod:`~stok.models.speechtokenizer.fast_encode`, ~1.4x on
-2 cores): the same codes but for flips where two codes are within float rounding of each other.
+code; read back with ``stok.core.storage.load_codes``). Three CPU paths in fp32 (``kernels``):
+
+- ``reference``: ``model.encode`` (on CPU item by item: bitwise the one-at-a-time codes);
+- ``exact``: the fast path in its exact mode (``FastEncoder(exact=True)``): bitwise the same codes, faster where
+  its folded weight norms and batched last convolution outweigh its bookkeeping;
+- ``fast`` (``--cpu_kernels fast``): the inference fast path (:mod:`~stok.models.speechtokenizer.fast_encode`,
+  batched LSTMs, ELU from ``exp``; ~1.4x on 2 cores): the same codes but for flips where two codes are within
+  float rounding of each other.
+
+``--cpu_kernels auto`` (the default) takes the faster of the two exact paths on this CPU (:func:`auto_kernels`).
 Utterances longer than ``window`` frames (default 3000, 60 s) are encoded in overlapping windows of that length
 keeping ``margin`` frames (default 250, 5 s) of context on each inner side
-(:mod:`~stok.models.speechtokenizer.long_audio`), one window at a time, so an utterance of any length takes the
-memory of a 60 s one; shorter utterances are encoded whole, exactly as before. ``window=0`` encodes every
-utterance whole (memory then grows by ~17 MB per second of the longest utterance on CPU).
+(:mod:`~stok.models.speechtokenizer.long_audio`), one window at a time (through the same kernels), so an utterance
+of any length takes the memory of a 60 s one; shorter utterances are encoded whole, exactly as before.
+``window=0`` encodes every utterance whole (memory then grows by ~17 MB per second of the longest utterance on CPU).
 ``fingerprint`` (what a resumed dump must share): the config, ``n_q``, the dtype, the windows and the SHA-256 of
 the weights files (``weights_files``: config.json and SpeechTokenizer.pt).
 """
@@ -28,6 +34,14 @@ from stok.core.model_api import DumpModel
 from stok.models.speechtokenizer.fast_encode import FastEncoder
 from stok.models.speechtokenizer.long_audio import ENCODE_MARGIN, ENCODE_SPAN, encode_windows
 from stok.models.speechtokenizer.model import SpeechTokenizer
+
+
+def auto_kernels() -> str:
+    """``--cpu_kernels auto``: the faster exact path on this CPU (``exact`` or ``reference``; see module docstring),
+    as measured by ``bench/st_encode.py`` (modes a, e) per instruction set."""
+    from stok.models.cpu_isa import cpu_isa
+
+    return "exact" if cpu_isa().avx512 else "reference"
 
 
 class STDumpModel(DumpModel):
@@ -50,7 +64,8 @@ class STDumpModel(DumpModel):
         self.margin = int(margin) if window else 0
         self.model = model.eval()
         self.fast = FastEncoder(self.model)
-        self.fast_cpu = self.fast_cpu_by_default
+        self.exact = FastEncoder(self.model, exact=True)
+        self.kernels = "reference"
         self.n_q = n_q or cfg.n_q
         self.dtype = dtype
         self.sample_rate = cfg.sample_rate
@@ -59,13 +74,25 @@ class STDumpModel(DumpModel):
         self.model.to(device)
         return self
 
+    @property
+    def fast_cpu(self) -> bool:
+        return self.kernels == "fast"
+
     def set_fast_cpu(self, enabled: bool) -> None:
-        self.fast_cpu = bool(enabled)
+        self.kernels = "fast" if enabled else "reference"
+
+    def set_cpu_kernels(self, kernels: str) -> None:
+        """``--cpu_kernels``: auto (the faster exact path here, :func:`auto_kernels`), fast or reference; also
+        ``exact`` (the fast path's exact mode)."""
+        if kernels not in ("auto", "fast", "reference", "exact"):
+            raise ValueError(f"cpu kernels {kernels!r}: choose auto, fast, reference or exact")
+        self.kernels = auto_kernels() if kernels == "auto" else kernels
 
     def _codes(self, wav: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Codes ``[n_q, B, F]`` of a padded batch ``[B, 1, T]``, each item encoded whole."""
-        if self.fast_cpu and wav.device.type == "cpu" and self.dtype == wav.dtype == torch.float32:
-            return self.fast.encode(wav, lengths, n_q=self.n_q)
+        if self.kernels != "reference" and wav.device.type == "cpu" and self.dtype == wav.dtype == torch.float32:
+            fast = self.fast if self.kernels == "fast" else self.exact
+            return fast.encode(wav, lengths, n_q=self.n_q)
         precision = (torch.autocast(wav.device.type, dtype=self.dtype) if self.dtype != torch.float32
                      else contextlib.nullcontext())
         with precision:

@@ -25,7 +25,10 @@ ELU, computed from torch's vectorised ``exp`` (:func:`elu_by_exp`) where ``F.elu
 result depends on the tensor's shape). Latents move by ~1e-7 relative, which flips a code only where two
 codes are that close; ``bench/st_encode.py`` counts the flips and prints their margins. With
 ``exact_elu=True`` and batches of fewer than :data:`~stok.models.speechtokenizer.batched_lstm.MIN_BATCH`
-items the codes are bitwise the reference's (tested).
+items the codes are bitwise the reference's (tested). ``exact=True`` is that for any batch (ELU by the model's
+module, every LSTM item by item through ``nn.LSTM``): the reference's codes bitwise, with the folded weight
+norms, per-item convolutions and the batched last convolution still saving time (``stok-dump-codes
+--cpu_kernels auto`` where that is faster on the CPU, ``stok.models.speechtokenizer.dump_model``).
 """
 
 from __future__ import annotations
@@ -102,11 +105,13 @@ def elu_by_exp(x: torch.Tensor, out: torch.Tensor) -> None:
 class FastEncoder:
     """``encode(wav [B, 1, T], lengths [B]) -> codes [n_q, B, ceil(T / hop)]`` on CPU, fp32 (see module doc)."""
 
-    def __init__(self, model: nn.Module, exact_elu: bool = False):
+    def __init__(self, model: nn.Module, exact_elu: bool = False, exact: bool = False):
         self.model = model
         self.weights = FoldedWeights()
         #: True: ELU by the model's module (``F.elu``) on the tensors the model gives it, bitwise the reference
-        self.exact_elu = exact_elu
+        self.exact_elu = exact_elu or exact
+        #: True: also every LSTM item by item (``nn.LSTM`` on each item alone): codes bitwise the reference's
+        self.exact = exact
 
     @torch.inference_mode()
     def encode(self, wav: torch.Tensor, lengths: Optional[torch.Tensor] = None, n_q: Optional[int] = None
@@ -219,7 +224,8 @@ class FastEncoder:
 
     def _slstm(self, layer: SLSTM, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         xt = x.permute(2, 0, 1)  # [T, B, C]
-        y = lstm_padded(layer.lstm, xt.contiguous(), lengths)
+        y = lstm_padded(layer.lstm, xt.contiguous(), lengths,
+                        min_batch=xt.shape[1] + 1 if self.exact else MIN_BATCH)
         skip = torch.cat([xt, xt], dim=-1) if layer.bidirectional else xt
         return (y + skip).permute(1, 2, 0)
 

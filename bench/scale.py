@@ -1,0 +1,461 @@
+"""At LibriSpeech scale: every stage tool as ``run.sh`` calls it, on a LibriSpeech-shaped corpus (issue 20.6).
+
+The corpus is ``bench/corpus.py``'s (281,241 utterances, ~940 h, Kaldi ``segments`` cutting a few real flac files;
+``--n_utts``), with a teacher feature scp of ``--teacher_dim`` dims over shared records. Each row is one command
+in a child process: its wall time (start-up included), utterances/s and audio-s/s over that wall time, the peak
+RSS of its largest process (``wait4``: the child and the descendants it waited for; DataLoader workers and
+torchrun ranks are separate processes) and the peak of the whole tree's RSS summed (sampled every 0.2 s), and
+how often the main process opened each table of the Kaldi dir (``bench/read_probe.py``; "reads": the most opens
+of any one table, 1 = the dir read once). Parts (``--parts``, default all, in this order):
+
+- ``index``: the engine's input read alone (``AudioInput(data_dir).load()``) at full size;
+- ``energy``: ``stok-dump-energy`` (weight-free, the cheapest dump of audio) on ``--light_utts`` utterances;
+- ``mfcc``: ``stok-dump-features --teacher mfcc`` on ``--light_utts`` utterances (the first N of the corpus,
+  a data dir of their own);
+- ``kmeans``: ``stok-kmeans learn --percent 0.1`` (100 clusters, the MFCC recipe's) on that MFCC dump, then
+  ``stok-kmeans dump`` (labels) of it;
+- ``labels_full``: ``stok-kmeans dump`` (labels; the model learned beforehand on 200,000 frames, not timed) of the
+  corpus's own teacher scp, its first N entries for N in ``--label_sizes`` (default 30,000 and the full size) (``--teacher_dim`` dims: the cheapest complete dump of 281,241 entries on
+  2 shared cores, the finished dump for the full-size rerun row);
+- ``hubert``, ``s3``, ``codes``: random-weight models of the released sizes (HuBERT base as a torchaudio state
+  dict, ``--layer avg``; S3Tokenizer v2_25hz as an official-layout ONNX file; SpeechTokenizer in the released
+  ``config.json`` + ``SpeechTokenizer.pt`` layout) on ``--subset_utts`` utterances (CPU cannot do 960 h here);
+  ``--hubert_checkpoint``, ``--s3_model``, ``--st_model_dir`` use given weights instead;
+- ``rerun``: every finished dump above run again (the same command): wall time, peak RSS, whether any output's
+  size or mtime changed, and the table reads; at full size the labels dump, on the subsets the others.
+- ``kmeans_scale``: the k-means rows of ``bench/kmeans.py --scale`` (branch kmeans): read from ``--kmeans_json``
+  (its ``--json_out``), or run when ``--kmeans_workdir`` is given and this checkout's bench/kmeans.py has --scale.
+
+Results go to ``<workdir>/results.json`` (one entry per row, with its command line) and the table printed at the
+end holds every row of that file, so parts can run in separate invocations (a dump's first-run row is measured
+once per workdir; reruns every time). Timed rows need the machine to
+themselves: run under ``flock -x /tmp/stok-cpu.lock`` or give ``--lock /tmp/stok-cpu.lock`` (each row then takes
+the lock exclusively, preparation shared; do not combine the two).
+
+    python bench/scale.py --workdir /work/scratch/scale/bench [--n_utts 281241] [--light_utts 30000]
+        [--subset_utts 100] [--parts index,mfcc,...] [--nj 2] [--lock /tmp/stok-cpu.lock]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import json
+import os
+import platform
+import subprocess
+import sys
+import threading
+import time
+from typing import Dict, List, Optional
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench.corpus import LIBRISPEECH_960_UTTS, make_corpus  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PROBE = os.path.join(REPO, "bench", "read_probe.py")
+TABLES = ("wav.scp", "segments", "utt2dur", "text", "utt2spk")
+PARTS = ("index", "energy", "mfcc", "kmeans", "labels_full", "hubert", "s3", "codes", "rerun", "kmeans_scale")
+GB = 1e9
+
+
+def cpu_isa() -> str:
+    """The CPU model and its widest vector ISA (with the AI extensions it has), from /proc/cpuinfo."""
+    model, flags = platform.processor() or platform.machine(), set()
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name") and ":" in line:
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and ":" in line:
+                flags = set(line.split(":", 1)[1].split())
+                break
+    isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "SSE"
+    extra = [f for f in ("avx512_bf16", "avx512_vnni", "amx_tile") if f in flags]
+    return f"{model}, {os.cpu_count()} CPUs, {isa}" + (f" ({', '.join(extra)})" if extra else "")
+
+
+class Lock:
+    """``--lock``: exclusive around timed rows, shared around preparation; a no-op without a path."""
+
+    def __init__(self, path: str):
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT) if path else None
+
+    @contextlib.contextmanager
+    def hold(self, exclusive: bool):
+        if self.fd is None:
+            yield
+            return
+        fcntl.flock(self.fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+
+
+def _tree_rss(pid: int) -> int:
+    import psutil
+
+    try:
+        p = psutil.Process(pid)
+        procs = [p] + p.children(recursive=True)
+    except psutil.Error:
+        return 0
+    total = 0
+    for q in procs:
+        with contextlib.suppress(psutil.Error):
+            total += q.memory_info().rss
+    return total
+
+
+def measure(cmd: List[str], log_path: str, env: Optional[dict] = None) -> dict:
+    """Run ``cmd`` (cwd: the repo) with its output in ``log_path``: wall seconds, exit status, peak RSS of its
+    largest process and of its whole tree (sampled)."""
+    env = {**os.environ, "PYTHONPATH": REPO, **(env or {})}
+    tree_peak = [0]
+    t0 = time.perf_counter()
+    with open(log_path, "w") as log:
+        log.write(" ".join(cmd) + "\n")
+        log.flush()
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+        done = threading.Event()
+
+        def sample():
+            while not done.wait(0.2):
+                tree_peak[0] = max(tree_peak[0], _tree_rss(proc.pid))
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        done.set()
+        sampler.join()
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        with open(log_path) as f:
+            tail = f.read()[-3000:]
+        raise SystemExit(f"{' '.join(cmd)} exited with {proc.returncode}; the end of {log_path}:\n{tail}")
+    return {"wall_s": wall, "peak_rss": usage.ru_maxrss * 1024, "tree_rss": tree_peak[0],
+            "command": " ".join(cmd)}
+
+
+def subset_dir(full: str, out: str, n: int) -> str:
+    """The first ``n`` utterances (by key) of Kaldi dir ``full`` as a data dir of their own (built once)."""
+    if os.path.isfile(os.path.join(out, "spk2utt")):
+        return out
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(full, "segments")) as f:
+        seg = [next(f) for _ in range(n)]
+    utts = {line.split(maxsplit=1)[0] for line in seg}
+    recs = {line.split()[1] for line in seg}
+    with open(os.path.join(out, "segments"), "w") as f:
+        f.writelines(seg)
+    for name, keep in (("wav.scp", recs), ("utt2dur", utts), ("text", utts), ("utt2spk", utts)):
+        with open(os.path.join(full, name)) as src, open(os.path.join(out, name), "w") as dst:
+            dst.writelines(line for line in src if line.split(maxsplit=1)[0] in keep)
+    by_spk: Dict[str, List[str]] = {}
+    with open(os.path.join(out, "utt2spk")) as f:
+        for line in f:
+            u, s = line.split()
+            by_spk.setdefault(s, []).append(u)
+    with open(os.path.join(out, "spk2utt"), "w") as f:
+        f.writelines(f"{s} {' '.join(us)}\n" for s, us in sorted(by_spk.items(), key=lambda kv: kv[0].encode()))
+    return out
+
+
+def audio_seconds(data_dir: str) -> float:
+    with open(os.path.join(data_dir, "utt2dur")) as f:
+        return sum(float(line.split()[1]) for line in f)
+
+
+def output_stats(out: str) -> Dict[str, tuple]:
+    return {n: (os.stat(os.path.join(out, n)).st_size, os.stat(os.path.join(out, n)).st_mtime_ns)
+            for n in sorted(os.listdir(out))}
+
+
+class Bench:
+    def __init__(self, args):
+        self.a = args
+        self.w = os.path.abspath(args.workdir)
+        for d in ("logs", "models", "dump", "exp", "data"):
+            os.makedirs(os.path.join(self.w, d), exist_ok=True)
+        self.lock = Lock(args.lock)
+        self.results_path = os.path.join(self.w, "results.json")
+        self.results = json.load(open(self.results_path)) if os.path.isfile(self.results_path) else {}
+        root = os.path.join(self.w, "corpus")
+        with self.lock.hold(False):  # built in a child (this process stays small: see _models), then read back
+            subprocess.run([sys.executable, os.path.join(REPO, "bench", "corpus.py"), root, "--n_utts",
+                            str(args.n_utts), "--teacher_dim", str(args.teacher_dim)], check=True, cwd=REPO,
+                           stdout=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": REPO})
+        self.corpus = make_corpus(root, args.n_utts, teacher_dim=args.teacher_dim)
+        self.full = self.corpus.data_dir
+
+    # ------------------------------------------------------------------ helpers
+    def launch(self, module: str) -> List[str]:
+        """How run.sh starts a dump: ``python -m`` for one process, torchrun for ``--nj`` > 1 (CPU processes)."""
+        if self.a.nj > 1:
+            return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={self.a.nj}",
+                    PROBE, module]
+        return [sys.executable, PROBE, module]
+
+    def dump_opts(self) -> List[str]:
+        return ["--device", "cpu", "--num_workers", str(self.a.num_workers)]
+
+    def timed(self, key: str, label: str, cmd: List[str], data_dir: Optional[str] = None, utts: int = 0,
+              audio_s: float = 0.0, note: str = "", out_dir: Optional[str] = None) -> dict:
+        """One timed row: the command under the exclusive lock, its reads of ``data_dir``'s tables counted. A first
+        run's row already in results.json is kept (its dump is finished: running it again would time a rerun)."""
+        if key in self.results and not key.startswith("rerun_"):
+            print(f"[{key}] measured before ({self.results[key]['date']}); kept", flush=True)
+            return self.results[key]
+        probe = os.path.join(self.w, "logs", f"{key}.opens.json")
+        for p in [probe] + [f"{probe}.{r}" for r in range(8)]:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(p)
+        env = {"STOK_PROBE_WATCH": data_dir or "", "STOK_PROBE_OUT": probe}
+        before = output_stats(out_dir) if out_dir and os.path.isdir(out_dir) else None
+        print(f"[{key}] {label}: running ({time.strftime('%H:%M:%S')})", flush=True)
+        with self.lock.hold(True):
+            row = measure(cmd, os.path.join(self.w, "logs", f"{key}.log"), env)
+        reads = None
+        if data_dir:
+            counts = [json.load(open(p)) for p in [probe] + [f"{probe}.{r}" for r in range(8)] if os.path.isfile(p)]
+            per_table = {t: max((c.get(os.path.join(os.path.abspath(data_dir), t), 0) for c in counts), default=0)
+                         for t in TABLES}
+            reads = max(per_table.values()) if counts else None
+            row["table_opens"] = per_table
+        if before is not None:
+            after = output_stats(out_dir)
+            row["outputs_changed"] = sorted(n for n in set(before) | set(after) if before.get(n) != after.get(n))
+        row.update(label=label, utts=utts, audio_s=audio_s, reads=reads, note=note, isa=cpu_isa(),
+                   date=time.strftime("%Y-%m-%d %H:%M:%S"), load_before=os.getloadavg()[0])
+        self.results[key] = row
+        with open(self.results_path, "w") as f:
+            json.dump(self.results, f, indent=1)
+        print(f"[{key}] {row['wall_s']:.1f} s, peak RSS {row['peak_rss'] / GB:.2f} GB", flush=True)
+        return row
+
+    def subset(self, n: int) -> str:
+        with self.lock.hold(False):
+            return subset_dir(self.full, os.path.join(self.w, "data", f"train_{n}"), n)
+
+    # ------------------------------------------------------------------ parts
+    def index(self):
+        code = ("import sys; from stok.dump.inputs import AudioInput; "
+                "print(len(AudioInput(sys.argv[1]).load().items), 'utterances')")
+        self.timed("index", f"read the Kaldi dir (engine input), {self.a.n_utts:,} utt",
+                   [sys.executable, "-c", code, self.full], utts=self.a.n_utts)
+
+    def energy(self):
+        n = self.a.light_utts
+        d = self.subset(n)
+        out = os.path.join(self.w, "dump", f"energy_{n}")
+        self.timed("energy", f"stok-dump-energy, {n:,} utt",
+                   self.launch("stok.bin.dump_energy") + [*self.dump_opts(), "--data_dir", d, "--output_dir", out],
+                   d, n, audio_seconds(d))
+
+    def mfcc(self):
+        n = self.a.light_utts
+        d = self.subset(n)
+        out = os.path.join(self.w, "dump", f"mfcc_{n}")
+        self.timed("mfcc", f"stok-dump-features --teacher mfcc, {n:,} utt",
+                   self.launch("stok.bin.dump_features") + ["--teacher", "mfcc", *self.dump_opts(), "--data_dir", d,
+                                                            "--output_dir", out], d, n, audio_seconds(d))
+
+    def kmeans(self):
+        n = self.a.light_utts
+        feats = os.path.join(self.w, "dump", f"mfcc_{n}", "feats.scp")
+        if not os.path.isfile(feats):
+            raise SystemExit(f"part kmeans needs the MFCC dump {feats}: run part mfcc first")
+        model = os.path.join(self.w, "exp", f"km100_mfcc_{n}.npz")
+        audio = audio_seconds(self.subset(n))
+        self.timed("kmeans_learn", f"stok-kmeans learn --percent 0.1, k=100, MFCC of {n:,} utt",
+                   [sys.executable, "-m", "stok.bin.kmeans", "learn", "--feats_scp", feats, "--n_clusters", "100",
+                    "--percent", "0.1", "--output", model, "--overwrite"], utts=n)
+        self.timed("kmeans_labels", f"stok-kmeans dump (labels), MFCC of {n:,} utt",
+                   [sys.executable, "-m", "stok.bin.kmeans", "dump", "--km_model", model, "--feats_scp", feats,
+                    "--output_dir", os.path.join(self.w, "dump", f"km100_mfcc_{n}")], utts=n, audio_s=audio)
+
+    def labels_full(self):
+        """Labels of the corpus's teacher scp (its first N entries for each N of ``--label_sizes``)."""
+        model = os.path.join(self.w, "exp", "km_teacher.npz")
+        if not os.path.isfile(model):  # preparation, not a row: a small model is enough to label every frame
+            with self.lock.hold(False):
+                subprocess.run([sys.executable, "-m", "stok.bin.kmeans", "learn", "--feats_scp",
+                                self.corpus.teacher_scp, "--n_clusters", "100", "--max_frames", "200000",
+                                "--sample_by", "utterance", "--output", model],
+                               check=True, cwd=REPO, env={**os.environ, "PYTHONPATH": REPO},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for n in sorted({min(int(x), self.a.n_utts) for x in self.a.label_sizes.split(",") if x}):
+            scp = self.corpus.teacher_scp
+            if n < self.a.n_utts:
+                scp = os.path.join(self.w, "data", f"teacher_{n}.scp")
+                with open(self.corpus.teacher_scp) as src, open(scp, "w") as dst:
+                    dst.writelines(line for _, line in zip(range(n), src))
+            key = "labels_full" if n == self.a.n_utts else f"labels_{n}"
+            self.timed(key, f"stok-kmeans dump (labels), {n:,} utt", [
+                sys.executable, "-m", "stok.bin.kmeans", "dump", "--km_model", model, "--feats_scp", scp,
+                "--output_dir", os.path.join(self.w, "dump", f"km_teacher_{n}"), "--no_text"],
+                utts=n, audio_s=audio_seconds(self.full) * n / self.a.n_utts,
+                note=f"the corpus's teacher scp ({self.a.teacher_dim} dims, shared records), k = 100")
+
+    def _models(self, which: str) -> str:
+        """A random-weight model of the released size (made once, in a child process so that this process stays
+        small: a child's peak RSS as ``wait4`` reports it includes what it inherited from here before its exec)."""
+        given = {"hubert": self.a.hubert_checkpoint, "s3": self.a.s3_model, "codes": self.a.st_model_dir}[which]
+        if given:
+            return given
+        path = os.path.join(self.w, "models", {"hubert": "hubert_base_random.pt", "s3": "s3_v2_25hz_random.onnx",
+                                               "codes": "speechtokenizer_random"}[which])
+        if os.path.exists(path):
+            return path
+        code = {
+            "hubert": "import torch, torchaudio; torch.manual_seed(0); "
+                      "torch.save(torchaudio.models.hubert_base().eval().state_dict(), sys.argv[1])",
+            "s3": "from stok.models.s3.config import full_config; from stok.models.s3.model import build_model; "
+                  "from stok.models.s3.onnx_export_official import export_official; "
+                  "export_official(build_model(full_config('v2_25hz'), seed=0), sys.argv[1])",
+            "codes": "import torch; torch.manual_seed(0); from stok.models.speechtokenizer import SpeechTokenizer, "
+                     "SpeechTokenizerConfig, save_released; "
+                     "save_released(SpeechTokenizer(SpeechTokenizerConfig()).eval(), sys.argv[1])",
+        }[which]
+        with self.lock.hold(False):
+            subprocess.run([sys.executable, "-c", "import sys; " + code, path], check=True, cwd=REPO,
+                           env={**os.environ, "PYTHONPATH": REPO})
+        return path
+
+    def neural(self, which: str):
+        n = self.a.subset_utts
+        d = self.subset(n)
+        model = self._models(which)
+        out = os.path.join(self.w, "dump", f"{which}_{n}")
+        tool = {"hubert": ("stok.bin.dump_features", ["--teacher", "hubert", "--checkpoint", model, "--layer", "avg"],
+                           "stok-dump-features --teacher hubert (base, layer avg)"),
+                "s3": ("stok.bin.dump_s3", ["--model", model, "--version", "v2_25hz"], "stok-dump-s3 v2_25hz"),
+                "codes": ("stok.bin.dump_codes", ["--model_dir", model], "stok-dump-codes (SpeechTokenizer, n_q 8)")}
+        module, opts, label = tool[which]
+        note = "given weights" if model in (self.a.hubert_checkpoint, self.a.s3_model, self.a.st_model_dir) else \
+            "random weights, released size"
+        self.timed(which, f"{label}, {n:,} utt", self.launch(module) + [*opts, *self.dump_opts(), "--data_dir", d,
+                                                                        "--output_dir", out], d, n, audio_seconds(d),
+                   note=note)
+
+    def rerun(self):
+        """Every finished dump above, run again with the same command (nothing to do)."""
+        for key in list(self.results):
+            row = self.results.get(key)
+            if key in ("index", "kmeans_scale") or key.endswith("_learn"):
+                continue
+            if not row or row.get("rerun_of"):
+                continue
+            cmd = row["command"].split()
+            out = cmd[cmd.index("--output_dir") + 1]
+            if not os.path.isfile(os.path.join(out, "cuts.jsonl.gz")):
+                continue
+            data = cmd[cmd.index("--data_dir") + 1] if "--data_dir" in cmd else None  # feature scps: no Kaldi dir
+            r = self.timed(f"rerun_{key}", f"rerun of the finished {row['label'].split(',')[0]}, {row['utts']:,} utt",
+                           cmd, data, row["utts"], 0.0, out_dir=out)
+            r["rerun_of"] = key
+            with open(self.results_path, "w") as f:
+                json.dump(self.results, f, indent=1)
+
+    def kmeans_scale(self):
+        path = self.a.kmeans_json
+        if not path and self.a.kmeans_workdir:
+            has_scale = "--scale" in subprocess.run([sys.executable, os.path.join(REPO, "bench", "kmeans.py"),
+                                                     "--help"], capture_output=True, text=True, cwd=REPO).stdout
+            if not has_scale:
+                print("kmeans_scale: this checkout's bench/kmeans.py has no --scale (branch kmeans not merged); "
+                      "give --kmeans_json", flush=True)
+                return
+            path = os.path.join(self.w, "kmeans_scale.json")
+            with self.lock.hold(True):
+                subprocess.run([sys.executable, os.path.join(REPO, "bench", "kmeans.py"), "--scale", "--workdir",
+                                self.a.kmeans_workdir, "--json_out", path], check=True, cwd=REPO,
+                               env={**os.environ, "PYTHONPATH": REPO})
+        if not path:
+            print("kmeans_scale: give --kmeans_json (bench/kmeans.py --scale --json_out) or --kmeans_workdir",
+                  flush=True)
+            return
+        with open(path) as f:
+            self.results["kmeans_scale"] = {"source": os.path.abspath(path), **json.load(f)}
+        with open(self.results_path, "w") as f:
+            json.dump(self.results, f, indent=1)
+
+    # ------------------------------------------------------------------ table
+    def table(self) -> str:
+        lines = [f"At LibriSpeech scale: {self.a.n_utts:,} utterances ({self.corpus.hours:.1f} h) of "
+                 f"bench/corpus.py; {cpu_isa()}; nj {self.a.nj}, {self.a.num_workers} DataLoader workers",
+                 "", "| stage tool (as run.sh calls it) | utterances | wall s | utt/s | audio-s/s | peak RSS, largest "
+                 "process | peak RSS, all processes | Kaldi table reads | note |", "|---|---|---|---|---|---|---|---|---|"]
+        for key, r in self.results.items():
+            if key == "kmeans_scale" or r.get("rerun_of"):
+                continue
+            wall = r["wall_s"]
+            audio = f"{r['audio_s'] / wall:,.0f}" if r.get("audio_s") else ""
+            lines.append(f"| {r['label']} | {r['utts']:,} | {wall:.1f} | {r['utts'] / wall:,.0f} | {audio} | "
+                         f"{r['peak_rss'] / GB:.2f} GB | {r['tree_rss'] / GB:.2f} GB | "
+                         f"{'' if r.get('reads') is None else r['reads']} | {r.get('note', '')} |")
+        reruns = [(k, r) for k, r in self.results.items() if isinstance(r, dict) and r.get("rerun_of")]
+        if reruns:
+            lines += ["", "| rerun of a finished dump (same command) | utterances | wall s (start-up included) | "
+                      "peak RSS | outputs changed | Kaldi table reads |", "|---|---|---|---|---|---|"]
+            for _, r in reruns:
+                lines.append(f"| {r['label']} | {r['utts']:,} | {r['wall_s']:.1f} | {r['peak_rss'] / GB:.2f} GB | "
+                             f"{', '.join(r.get('outputs_changed', [])) or 'none'} | "
+                             f"{'' if r.get('reads') is None else r['reads']} |")
+        km = self.results.get("kmeans_scale")
+        if km:
+            lines += ["", f"k-means beyond memory (bench/kmeans.py --scale, {km.get('isa', '?')}; "
+                      f"{km['n']:,} x {km['dim']}, k = {km['k']}; inertia on the same {km['n']:,} frames):",
+                      "", "| fit | seed | seconds | peak RSS | inertia |", "|---|---|---|---|---|"]
+            names = {"memory": "in memory (float32)", "disk16": "streamed from disk, float16",
+                     "disk32": "streamed from disk, float32", "faiss": "faiss-cpu Kmeans, 20 it."}
+            for r in km["rows"]:
+                lines.append(f"| {names.get(r['mode'], r['mode'])}, {km['n'] / 1e6:g} M | {r['seed']} | "
+                             f"{r['seconds']:.1f} | {r['peak_rss'] / 2**30:.2f} GiB | {r['inertia']:.4f} |")
+            big = km.get("big")
+            if big:
+                lines.append(f"| streamed from disk, float16, {big.get('n', 10_000_000) / 1e6:g} M | - | "
+                             f"{big['seconds']:.1f} | {big['peak_rss'] / 2**30:.2f} GiB | {big['inertia_2m']:.4f} |")
+        return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workdir", required=True, help="corpus, models, dumps, logs and results.json go here")
+    p.add_argument("--n_utts", type=int, default=LIBRISPEECH_960_UTTS, help="corpus size (LibriSpeech 960 h)")
+    p.add_argument("--light_utts", type=int, default=30000, help="utterances of the energy and MFCC dumps")
+    p.add_argument("--subset_utts", type=int, default=100, help="utterances of the neural dumps (HuBERT, S3, codes)")
+    p.add_argument("--teacher_dim", type=int, default=4, help="dims of the corpus's teacher scp (labels_full)")
+    p.add_argument("--label_sizes", default=f"30000,{LIBRISPEECH_960_UTTS}",
+                   help="labels_full: label the first N entries of the teacher scp for each N (capped at --n_utts)")
+    p.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, of {','.join(PARTS)}")
+    p.add_argument("--nj", type=int, default=2, help="dump processes (run.sh's nj; >1: torchrun on CPU)")
+    p.add_argument("--num_workers", type=int, default=2, help="DataLoader workers per dump process (run.sh's)")
+    p.add_argument("--lock", default="", help="take this lock file exclusively around each timed row")
+    p.add_argument("--hubert_checkpoint", default="")
+    p.add_argument("--s3_model", default="")
+    p.add_argument("--st_model_dir", default="")
+    p.add_argument("--kmeans_json", default="", help="bench/kmeans.py --scale --json_out file to take rows from")
+    p.add_argument("--kmeans_workdir", default="", help="run bench/kmeans.py --scale with this --workdir")
+    p.add_argument("--table_only", action="store_true", help="print the table of results.json and exit")
+    a = p.parse_args(argv)
+    parts = [x for x in a.parts.split(",") if x]
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        p.error(f"--parts: unknown {', '.join(unknown)}; choose from {','.join(PARTS)}")
+    if a.light_utts > a.n_utts or a.subset_utts > a.n_utts:
+        p.error("--light_utts and --subset_utts must not exceed --n_utts")
+    b = Bench(a)
+    if not a.table_only:
+        for part in (x for x in PARTS if x in parts):
+            if part in ("hubert", "s3", "codes"):
+                b.neural(part)
+            else:
+                getattr(b, part)()
+    print("\n" + b.table())
+
+
+if __name__ == "__main__":
+    main()
