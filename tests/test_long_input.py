@@ -164,7 +164,10 @@ def test_s3_log_mel_and_mfcc_in_blocks_are_bitwise_whole(monkeypatch):
 
 
 @pytest.mark.parametrize("rate,channels", [(44100, 2), (22050, 1), (16000, 3), (8000, 1)])
-def test_load_audio_in_blocks_is_bitwise_whole(tmp_path, monkeypatch, rate, channels):
+def test_load_audio_in_blocks_is_whole_to_rounding(tmp_path, monkeypatch, rate, channels):
+    """Averaged and resampled block by block: the same length and the whole-file samples to float32 rounding
+    (torchaudio's resampling convolution sums in another order on inputs of another length: ~3e-8 here); a block
+    in the wrong place or a filter cut short would be off by far more."""
     path = write_long(str(tmp_path / f"x{rate}.flac"), 7.3, rate, channels)
     for start, end in ((None, None), (1.27, 5.9), (0.5, -1)):
         whole = audio.load_audio(path, 16000, start, end)
@@ -172,4 +175,5 @@ def test_load_audio_in_blocks_is_bitwise_whole(tmp_path, monkeypatch, rate, chan
             m.setattr(audio, "BLOCK_SECONDS", 0.5)
             assert audio._blockwise(path, start, end, 16000) is not None
             blocked = audio.load_audio(path, 16000, start, end)
-        assert blocked.shape == whole.shape and torch.equal(blocked, whole)
+        assert blocked.shape == whole.shape
+        assert float((blocked - whole).abs().max()) <= 1e-7

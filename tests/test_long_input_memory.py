@@ -98,13 +98,15 @@ def test_dump_mfcc_memory_is_one_block(tmp_path):
 
 @pytest.fixture(scope="module")
 def hubert_ckpt(tmp_path_factory):
-    """A HuBERT with base's conv front end and width (768) and 2 layers, as a torchaudio state dict."""
+    """A HuBERT with base's conv front end and width (768) and 2 layers, as a torchaudio state dict with its
+    config."""
     from stok.models.hubert.configs import build_model, get_config
 
     torch.manual_seed(0)
-    model = build_model(get_config("base", encoder_num_layers=2))
+    cfg = get_config("base", encoder_num_layers=2)
+    model = build_model(cfg)
     path = str(tmp_path_factory.mktemp("hubert_mem") / "hubert.pt")
-    torch.save(model.state_dict(), path)
+    torch.save({"config": cfg, "state_dict": model.state_dict()}, path)  # not base's 12 layers: config saved with it
     return path
 
 
