@@ -4,14 +4,15 @@
                                    [--rate 16000] [--channels 1] [--workdir DIR] [--kill_above_gb 16]
 
 Each tool runs as its own process (``python -m stok.bin.<tool> ... --device cpu``, default options otherwise:
-two DataLoader workers) on a data dir holding one speech-like file of each length (written here, block by
-block, as 16-bit PCM WAV at ``--rate`` Hz with ``--channels`` channels). Models at released size with random
-weights, written here in their real formats: SpeechTokenizer (``config.json`` + ``SpeechTokenizer.pt``),
-S3Tokenizer v2 25 Hz (stok checkpoint), HuBERT base (torchaudio state dict, ``--layer avg``), and for
-``stok-kmeans dump --from_audio`` 500 random centroids over the HuBERT features. ``decode`` decodes the codes
-that ``codes`` wrote for the same file (random codes of the right length when ``codes`` is not run).
+two audio readers, threads on CPU or DataLoader worker processes) on a data dir holding one speech-like file of
+each length (written here, block by block, as 16-bit PCM WAV at ``--rate`` Hz with ``--channels`` channels).
+Models at released size with random weights, written here in their real formats: SpeechTokenizer
+(``config.json`` + ``SpeechTokenizer.pt``), S3Tokenizer v2 25 Hz (stok checkpoint), HuBERT base (torchaudio state
+dict, ``--layer avg``), and for ``stok-kmeans dump --from_audio`` 500 random centroids over the HuBERT features.
+``decode`` decodes the codes that ``codes`` wrote for the same file (random codes of the right length when
+``codes`` is not run).
 
-Memory is sampled every 50 ms over the tool's whole process tree (the tool and its DataLoader workers): the
+Memory is sampled every 50 ms over the tool's whole process tree (the tool and any worker processes): the
 printed peak is the largest sum of the processes' PSS (proportional set size: a page shared by forked processes
 is counted once, as the memory cgroup does), ``main`` the tool process's own VmHWM (its exact peak RSS). The
 table gives both per tool and length, and the difference long - 60 s. ``--kill_above_gb`` stops a tool whose

@@ -115,13 +115,14 @@ def test_decode_stream_equals_whole_decoding(lstm_layers):
     torch.manual_seed(1)
     model = SpeechTokenizer(SpeechTokenizerConfig(n_filters=4, dimension=32, semantic_dimension=8, codebook_size=64,
                                                   n_q=3, lstm_layers=lstm_layers)).eval()
-    codes = torch.randint(0, 64, (3, 1, 437))
+    frames = 161  # more than the decoder's reach (~13 frames) on either side of several chunks
+    codes = torch.randint(0, 64, (3, 1, frames))
     with torch.inference_mode():
         for first in (0, 1):
             whole = model.decode(codes[first:], first_layer=first)[0, 0]
-            for chunk in (1, 2, 13, 100, 436, 437, 1000):
+            for chunk in (1, 2, 13, 100, frames - 1, frames, 1000):
                 blocks = list(decode_stream(model, codes[first:, 0], first, chunk))
-                assert len(blocks) == -(-437 // chunk) or chunk < 20  # short chunks may wait for context
+                assert len(blocks) == -(-frames // chunk) or chunk < 20  # short chunks may wait for context
                 got = torch.cat(blocks)
                 assert got.shape == whole.shape
                 assert (got - whole).abs().max() <= 1e-6 * whole.abs().max()
@@ -163,7 +164,10 @@ def test_s3_log_mel_and_mfcc_in_blocks_are_bitwise_whole(monkeypatch):
 
 
 @pytest.mark.parametrize("rate,channels", [(44100, 2), (22050, 1), (16000, 3), (8000, 1)])
-def test_load_audio_in_blocks_is_bitwise_whole(tmp_path, monkeypatch, rate, channels):
+def test_load_audio_in_blocks_is_whole_to_rounding(tmp_path, monkeypatch, rate, channels):
+    """Averaged and resampled block by block: the same length and the whole-file samples to float32 rounding
+    (torchaudio's resampling convolution sums in another order on inputs of another length: ~3e-8 here); a block
+    in the wrong place or a filter cut short would be off by far more."""
     path = write_long(str(tmp_path / f"x{rate}.flac"), 7.3, rate, channels)
     for start, end in ((None, None), (1.27, 5.9), (0.5, -1)):
         whole = audio.load_audio(path, 16000, start, end)
@@ -171,4 +175,5 @@ def test_load_audio_in_blocks_is_bitwise_whole(tmp_path, monkeypatch, rate, chan
             m.setattr(audio, "BLOCK_SECONDS", 0.5)
             assert audio._blockwise(path, start, end, 16000) is not None
             blocked = audio.load_audio(path, 16000, start, end)
-        assert blocked.shape == whole.shape and torch.equal(blocked, whole)
+        assert blocked.shape == whole.shape
+        assert float((blocked - whole).abs().max()) <= 1e-7

@@ -67,7 +67,7 @@ def test_decode_memory_is_one_chunk(st_model, tmp_path):
 
 def test_dump_s3_memory_is_one_window(tmp_path):
     """20 min against 30 s (one 30 s window): within 2 waveforms, 2 log-mels and the slack (the whole-utterance
-    log-mel front end took ~X MB more)."""
+    log-mel front end holds the STFT and its power, mel and log copies of the whole input)."""
     from stok.models.s3.checkpoint import save_checkpoint
     from stok.models.s3.config import tiny_config
     from stok.models.s3.model import build_model
@@ -86,7 +86,7 @@ def test_dump_s3_memory_is_one_window(tmp_path):
 
 def test_dump_mfcc_memory_is_one_block(tmp_path):
     """20 min against 60 s (one MFCC block): within 2 waveforms and the slack (Kaldi's framing of the whole
-    utterance took ~X MB more)."""
+    utterance holds several ``[frames, 512]`` copies)."""
     peaks = {}
     for seconds in (60.0, 1200.0):
         data = one_file_dir(str(tmp_path / f"d{seconds:g}"), seconds)
@@ -98,20 +98,22 @@ def test_dump_mfcc_memory_is_one_block(tmp_path):
 
 @pytest.fixture(scope="module")
 def hubert_ckpt(tmp_path_factory):
-    """A HuBERT with base's conv front end and width (768) and 2 layers, as a torchaudio state dict."""
+    """A HuBERT with base's conv front end and width (768) and 2 layers, as a torchaudio state dict with its
+    config."""
     from stok.models.hubert.configs import build_model, get_config
 
     torch.manual_seed(0)
-    model = build_model(get_config("base", encoder_num_layers=2))
+    cfg = get_config("base", encoder_num_layers=2)
+    model = build_model(cfg)
     path = str(tmp_path_factory.mktemp("hubert_mem") / "hubert.pt")
-    torch.save(model.state_dict(), path)
+    torch.save({"config": cfg, "state_dict": model.state_dict()}, path)  # not base's 12 layers: config saved with it
     return path
 
 
 @pytest.mark.parametrize("tool", ["features", "kmeans"])
 def test_hubert_memory_is_one_chunk(hubert_ckpt, tmp_path, tool):
     """240 s in 10 s chunks against 10 s (one chunk): within a waveform, the features (the dump's output) and the
-    slack (all chunks in one batch took ~X MB more)."""
+    slack (all chunks of the file in one batch hold every chunk's activations at once)."""
     from stok.models.kmeans.model import KMeansModel
 
     km = str(tmp_path / "km.npz")

@@ -154,8 +154,9 @@ def test_dump_decode_eval_at_released_size(released, tmp_path):
 def test_long_utterance_windows_and_stream_at_released_size(released, tmp_path):
     """The windowed encode and the streamed decode at the released size, on the 1 s utterance with windows of
     0.4 s (20 frames, 5 of context) and chunks of 0.3 s: the codes are exactly what ``encode_windows`` gives with the
-    model's encode, and agree with whole-utterance codes but for near-ties; the 0.37 s utterance (19 frames) is
-    encoded whole, exactly; the streamed audio equals whole decoding within a PCM step."""
+    model's encode (how far windows this short agree with whole-utterance codes is not the point here: 0.1 s of
+    context is far too little; the defaults' agreement is ``bench/st_long_encode.py``'s); the 0.37 s utterance
+    (19 frames) is encoded whole, exactly; the streamed audio equals whole decoding within a PCM step."""
     from stok.models.speechtokenizer.long_audio import encode_windows
 
     model, wave = released["model"], released["wavs"]["utt000"]
@@ -169,7 +170,6 @@ def test_long_utterance_windows_and_stream_at_released_size(released, tmp_path):
         windowed = encode_windows(model.encode, wave, 320, 20, 5)
     np.testing.assert_array_equal(got["utt000"], windowed.T.numpy())
     np.testing.assert_array_equal(got["utt001"], released["codes"]["utt001"][:, 0].T.numpy())
-    assert (got["utt000"][:, 0] == released["codes"]["utt000"][0, 0].numpy()).mean() > 0.9
 
     scp = os.path.join(out, "st_codes.scp")
     dec = str(tmp_path / "dec")

@@ -15,9 +15,9 @@ code; read back with ``stok.core.storage.load_codes``). Three CPU paths in fp32 
 ``--cpu_kernels auto`` (the default) takes the faster of the two exact paths on this CPU (:func:`auto_kernels`).
 Utterances longer than ``window`` frames (default 3000, 60 s) are encoded in overlapping windows of that length
 keeping ``margin`` frames (default 250, 5 s) of context on each inner side
-(:mod:`~stok.models.speechtokenizer.long_audio`), one window at a time, so an utterance of any length takes the
-memory of a 60 s one; shorter utterances are encoded whole, exactly as before. ``window=0`` encodes every
-utterance whole (memory then grows by ~17 MB per second of the longest utterance on CPU).
+(:mod:`~stok.models.speechtokenizer.long_audio`), one window at a time (through the same kernels), so an utterance
+of any length takes the memory of a 60 s one; shorter utterances are encoded whole, exactly as before.
+``window=0`` encodes every utterance whole (memory then grows by ~17 MB per second of the longest utterance on CPU).
 ``fingerprint`` (what a resumed dump must share): the config, ``n_q``, the dtype, the windows and the SHA-256 of
 the weights files (``weights_files``: config.json and SpeechTokenizer.pt).
 """
