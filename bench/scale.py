@@ -110,7 +110,8 @@ def _tree_rss(pid: int) -> int:
 
 def measure(cmd: List[str], log_path: str, env: Optional[dict] = None) -> dict:
     """Run ``cmd`` (cwd: the repo) with its output in ``log_path``: wall seconds, exit status, peak RSS of its
-    largest process and of its whole tree (sampled)."""
+    largest process and of its whole tree (sampled), CPU seconds (user + system, the processes it waited for
+    included: on a shared machine the measure that does not depend on the load)."""
     env = {**os.environ, "PYTHONPATH": REPO, **(env or {})}
     tree_peak = [0]
     t0 = time.perf_counter()
@@ -135,8 +136,8 @@ def measure(cmd: List[str], log_path: str, env: Optional[dict] = None) -> dict:
         with open(log_path) as f:
             tail = f.read()[-3000:]
         raise SystemExit(f"{' '.join(cmd)} exited with {proc.returncode}; the end of {log_path}:\n{tail}")
-    return {"wall_s": wall, "peak_rss": usage.ru_maxrss * 1024, "tree_rss": tree_peak[0],
-            "command": " ".join(cmd)}
+    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_rss": usage.ru_maxrss * 1024,
+            "tree_rss": tree_peak[0], "command": " ".join(cmd)}
 
 
 def subset_dir(full: str, out: str, n: int) -> str:
@@ -386,22 +387,24 @@ class Bench:
     def table(self) -> str:
         lines = [f"At LibriSpeech scale: {self.a.n_utts:,} utterances ({self.corpus.hours:.1f} h) of "
                  f"bench/corpus.py; {cpu_isa()}; nj {self.a.nj}, {self.a.num_workers} DataLoader workers",
-                 "", "| stage tool (as run.sh calls it) | utterances | wall s | utt/s | audio-s/s | peak RSS, largest "
-                 "process | peak RSS, all processes | Kaldi table reads | note |", "|---|---|---|---|---|---|---|---|---|"]
+                 "", "| stage tool (as run.sh calls it) | utterances | wall s | CPU s | utt/s | audio-s/s | peak RSS, largest "
+                 "process | peak RSS, all processes | Kaldi table reads | note |", "|---|---|---|---|---|---|---|---|---|---|"]
         for key, r in self.results.items():
             if key == "kmeans_scale" or r.get("rerun_of"):
                 continue
             wall = r["wall_s"]
             audio = f"{r['audio_s'] / wall:,.0f}" if r.get("audio_s") else ""
-            lines.append(f"| {r['label']} | {r['utts']:,} | {wall:.1f} | {r['utts'] / wall:,.0f} | {audio} | "
+            lines.append(f"| {r['label']} | {r['utts']:,} | {wall:.1f} | {r.get('cpu_s', 0):.1f} | "
+                         f"{r['utts'] / wall:,.0f} | {audio} | "
                          f"{r['peak_rss'] / GB:.2f} GB | {r['tree_rss'] / GB:.2f} GB | "
                          f"{'' if r.get('reads') is None else r['reads']} | {r.get('note', '')} |")
         reruns = [(k, r) for k, r in self.results.items() if isinstance(r, dict) and r.get("rerun_of")]
         if reruns:
             lines += ["", "| rerun of a finished dump (same command) | utterances | wall s (start-up included) | "
-                      "peak RSS | outputs changed | Kaldi table reads |", "|---|---|---|---|---|---|"]
+                      "CPU s | peak RSS | outputs changed | Kaldi table reads |", "|---|---|---|---|---|---|---|"]
             for _, r in reruns:
-                lines.append(f"| {r['label']} | {r['utts']:,} | {r['wall_s']:.1f} | {r['peak_rss'] / GB:.2f} GB | "
+                lines.append(f"| {r['label']} | {r['utts']:,} | {r['wall_s']:.1f} | {r.get('cpu_s', 0):.1f} | "
+                             f"{r['peak_rss'] / GB:.2f} GB | "
                              f"{', '.join(r.get('outputs_changed', [])) or 'none'} | "
                              f"{'' if r.get('reads') is None else r['reads']} |")
         km = self.results.get("kmeans_scale")
