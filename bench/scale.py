@@ -174,6 +174,10 @@ def output_stats(out: str) -> Dict[str, tuple]:
             for n in sorted(os.listdir(out))}
 
 
+def _cpu(row: dict) -> str:
+    return f"{row['cpu_s']:.1f}" if "cpu_s" in row else ""
+
+
 class Bench:
     def __init__(self, args):
         self.a = args
@@ -394,7 +398,7 @@ class Bench:
                 continue
             wall = r["wall_s"]
             audio = f"{r['audio_s'] / wall:,.0f}" if r.get("audio_s") else ""
-            lines.append(f"| {r['label']} | {r['utts']:,} | {wall:.1f} | {r.get('cpu_s', 0):.1f} | "
+            lines.append(f"| {r['label']} | {r['utts']:,} | {wall:.1f} | {_cpu(r)} | "
                          f"{r['utts'] / wall:,.0f} | {audio} | "
                          f"{r['peak_rss'] / GB:.2f} GB | {r['tree_rss'] / GB:.2f} GB | "
                          f"{'' if r.get('reads') is None else r['reads']} | {r.get('note', '')} |")
@@ -403,7 +407,7 @@ class Bench:
             lines += ["", "| rerun of a finished dump (same command) | utterances | wall s (start-up included) | "
                       "CPU s | peak RSS | outputs changed | Kaldi table reads |", "|---|---|---|---|---|---|---|"]
             for _, r in reruns:
-                lines.append(f"| {r['label']} | {r['utts']:,} | {r['wall_s']:.1f} | {r.get('cpu_s', 0):.1f} | "
+                lines.append(f"| {r['label']} | {r['utts']:,} | {r['wall_s']:.1f} | {_cpu(r)} | "
                              f"{r['peak_rss'] / GB:.2f} GB | "
                              f"{', '.join(r.get('outputs_changed', [])) or 'none'} | "
                              f"{'' if r.get('reads') is None else r['reads']} |")
