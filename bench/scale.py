@@ -383,7 +383,9 @@ class Bench:
                   flush=True)
             return
         with open(path) as f:
-            self.results["kmeans_scale"] = {"source": os.path.abspath(path), **json.load(f)}
+            self.results["kmeans_scale"] = {"source": os.path.abspath(path), **json.load(f),
+                                            "source_date": time.strftime("%Y-%m-%d %H:%M UTC",
+                                                                         time.gmtime(os.path.getmtime(path)))}
         with open(self.results_path, "w") as f:
             json.dump(self.results, f, indent=1)
 
@@ -413,7 +415,8 @@ class Bench:
                              f"{'' if r.get('reads') is None else r['reads']} |")
         km = self.results.get("kmeans_scale")
         if km:
-            lines += ["", f"k-means beyond memory (bench/kmeans.py --scale, {km.get('isa', '?')}; "
+            lines += ["", f"k-means beyond memory (bench/kmeans.py --scale, {km.get('source_date', '')}, "
+                      f"{km.get('isa', '?')}; "
                       f"{km['n']:,} x {km['dim']}, k = {km['k']}; inertia on the same {km['n']:,} frames):",
                       "", "| fit | seed | seconds | peak RSS | inertia |", "|---|---|---|---|---|"]
             names = {"memory": "in memory (float32)", "disk16": "streamed from disk, float16",
