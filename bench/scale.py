@@ -174,6 +174,10 @@ def output_stats(out: str) -> Dict[str, tuple]:
             for n in sorted(os.listdir(out))}
 
 
+def _rate(x: float) -> str:
+    return f"{x:,.0f}" if x >= 100 else f"{x:.2g}" if x < 10 else f"{x:.1f}"
+
+
 def _cpu(row: dict) -> str:
     return f"{row['cpu_s']:.1f}" if "cpu_s" in row else ""
 
@@ -399,9 +403,9 @@ class Bench:
             if key == "kmeans_scale" or r.get("rerun_of"):
                 continue
             wall = r["wall_s"]
-            audio = f"{r['audio_s'] / wall:,.0f}" if r.get("audio_s") else ""
+            audio = _rate(r["audio_s"] / wall) if r.get("audio_s") else ""
             lines.append(f"| {r['label']} | {r['utts']:,} | {wall:.1f} | {_cpu(r)} | "
-                         f"{r['utts'] / wall:,.0f} | {audio} | "
+                         f"{_rate(r['utts'] / wall)} | {audio} | "
                          f"{r['peak_rss'] / GB:.2f} GB | {r['tree_rss'] / GB:.2f} GB | "
                          f"{'' if r.get('reads') is None else r['reads']} | {r.get('note', '')} |")
         reruns = [(k, r) for k, r in self.results.items() if isinstance(r, dict) and r.get("rerun_of")]
@@ -422,7 +426,8 @@ class Bench:
             names = {"memory": "in memory (float32)", "disk16": "streamed from disk, float16",
                      "disk32": "streamed from disk, float32", "faiss": "faiss-cpu Kmeans, 20 it."}
             for r in km["rows"]:
-                lines.append(f"| {names.get(r['mode'], r['mode'])}, {km['n'] / 1e6:g} M | {r['seed']} | "
+                seed = r["seed"] if isinstance(r.get("seed"), int) else "-"  # older files: seeding seconds there
+                lines.append(f"| {names.get(r['mode'], r['mode'])}, {km['n'] / 1e6:g} M | {seed} | "
                              f"{r['seconds']:.1f} | {r['peak_rss'] / 2**30:.2f} GiB | {r['inertia']:.4f} |")
             big = km.get("big")
             if big:
