@@ -285,7 +285,7 @@ class Bench:
         lines = [f"At LibriSpeech scale: {self.a.n_utts:,} utterances ({self.corpus.hours:.1f} h) of "
                  f"bench/corpus.py; {cpu_isa()}; nj {self.a.nj}, {self.a.num_workers} DataLoader workers",
                  "", "| stage tool (as run.sh calls it) | utterances | wall s | CPU s | utt/s | audio-s/s | peak RSS, largest "
-                 "process | peak RSS, all processes | Kaldi table reads | note |", "|---|---|---|---|---|---|---|---|---|---|"]
+                 "process | RSS summed over its processes (sampled; shared pages in each) | Kaldi table reads | note |", "|---|---|---|---|---|---|---|---|---|---|"]
         for key, r in self.results.items():
             if key == "kmeans_scale" or r.get("rerun_of"):
                 continue
