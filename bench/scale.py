@@ -2,7 +2,9 @@
 
 The corpus is ``bench/corpus.py``'s (281,241 utterances, ~940 h, Kaldi ``segments`` cutting a few real flac files;
 ``--n_utts``), with a teacher feature scp of ``--teacher_dim`` dims over shared records. Each row is one command
-in a child process: its wall time (start-up included), utterances/s and audio-s/s over that wall time, the peak
+in a child process (``bench/scale_measure.py``): its wall time (start-up included), its CPU seconds (user +
+system of it and the processes it waited for: the figure a shared machine's load does not change), utterances/s
+and audio-s/s over that wall time, the peak
 RSS of its largest process (``wait4``: the child and the descendants it waited for; DataLoader workers and
 torchrun ranks are separate processes) and the peak of the whole tree's RSS summed (sampled every 0.2 s), and
 how often the main process opened each table of the Kaldi dir (``bench/read_probe.py``; "reads": the most opens
@@ -15,8 +17,9 @@ of any one table, 1 = the dir read once). Parts (``--parts``, default all, in th
 - ``kmeans``: ``stok-kmeans learn --percent 0.1`` (100 clusters, the MFCC recipe's) on that MFCC dump, then
   ``stok-kmeans dump`` (labels) of it;
 - ``labels_full``: ``stok-kmeans dump`` (labels; the model learned beforehand on 200,000 frames, not timed) of the
-  corpus's own teacher scp, its first N entries for N in ``--label_sizes`` (default 30,000 and the full size) (``--teacher_dim`` dims: the cheapest complete dump of 281,241 entries on
-  2 shared cores, the finished dump for the full-size rerun row);
+  corpus's own teacher scp (``--teacher_dim`` dims), its first N entries for each N of ``--label_sizes`` (default
+  30,000 and the full size): the cheapest complete dumps of that many entries on 2 shared cores, the finished dumps
+  for the rerun rows at those sizes;
 - ``hubert``, ``s3``, ``codes``: random-weight models of the released sizes (HuBERT base as a torchaudio state
   dict, ``--layer avg``; S3Tokenizer v2_25hz as an official-layout ONNX file; SpeechTokenizer in the released
   ``config.json`` + ``SpeechTokenizer.pt`` layout) on ``--subset_utts`` utterances (CPU cannot do 960 h here);
@@ -40,18 +43,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import json
 import os
-import platform
 import subprocess
 import sys
-import threading
 import time
-from typing import Dict, List, Optional
+from typing import List, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.corpus import LIBRISPEECH_960_UTTS, make_corpus  # noqa: E402
+from bench.scale_measure import Lock, audio_seconds, cpu_isa, measure, output_stats, subset_dir  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROBE = os.path.join(REPO, "bench", "read_probe.py")
@@ -60,117 +61,12 @@ PARTS = ("index", "energy", "mfcc", "kmeans", "labels_full", "hubert", "s3", "co
 GB = 1e9
 
 
-def cpu_isa() -> str:
-    """The CPU model and its widest vector ISA (with the AI extensions it has), from /proc/cpuinfo."""
-    model, flags = platform.processor() or platform.machine(), set()
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name") and ":" in line:
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and ":" in line:
-                flags = set(line.split(":", 1)[1].split())
-                break
-    isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "SSE"
-    extra = [f for f in ("avx512_bf16", "avx512_vnni", "amx_tile") if f in flags]
-    return f"{model}, {os.cpu_count()} CPUs, {isa}" + (f" ({', '.join(extra)})" if extra else "")
+def _rate(x: float) -> str:
+    return f"{x:,.0f}" if x >= 100 else f"{x:.2g}" if x < 10 else f"{x:.1f}"
 
 
-class Lock:
-    """``--lock``: exclusive around timed rows, shared around preparation; a no-op without a path."""
-
-    def __init__(self, path: str):
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT) if path else None
-
-    @contextlib.contextmanager
-    def hold(self, exclusive: bool):
-        if self.fd is None:
-            yield
-            return
-        fcntl.flock(self.fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-        try:
-            yield
-        finally:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-
-
-def _tree_rss(pid: int) -> int:
-    import psutil
-
-    try:
-        p = psutil.Process(pid)
-        procs = [p] + p.children(recursive=True)
-    except psutil.Error:
-        return 0
-    total = 0
-    for q in procs:
-        with contextlib.suppress(psutil.Error):
-            total += q.memory_info().rss
-    return total
-
-
-def measure(cmd: List[str], log_path: str, env: Optional[dict] = None) -> dict:
-    """Run ``cmd`` (cwd: the repo) with its output in ``log_path``: wall seconds, exit status, peak RSS of its
-    largest process and of its whole tree (sampled)."""
-    env = {**os.environ, "PYTHONPATH": REPO, **(env or {})}
-    tree_peak = [0]
-    t0 = time.perf_counter()
-    with open(log_path, "w") as log:
-        log.write(" ".join(cmd) + "\n")
-        log.flush()
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
-        done = threading.Event()
-
-        def sample():
-            while not done.wait(0.2):
-                tree_peak[0] = max(tree_peak[0], _tree_rss(proc.pid))
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - t0
-        done.set()
-        sampler.join()
-        proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode:
-        with open(log_path) as f:
-            tail = f.read()[-3000:]
-        raise SystemExit(f"{' '.join(cmd)} exited with {proc.returncode}; the end of {log_path}:\n{tail}")
-    return {"wall_s": wall, "peak_rss": usage.ru_maxrss * 1024, "tree_rss": tree_peak[0],
-            "command": " ".join(cmd)}
-
-
-def subset_dir(full: str, out: str, n: int) -> str:
-    """The first ``n`` utterances (by key) of Kaldi dir ``full`` as a data dir of their own (built once)."""
-    if os.path.isfile(os.path.join(out, "spk2utt")):
-        return out
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(full, "segments")) as f:
-        seg = [next(f) for _ in range(n)]
-    utts = {line.split(maxsplit=1)[0] for line in seg}
-    recs = {line.split()[1] for line in seg}
-    with open(os.path.join(out, "segments"), "w") as f:
-        f.writelines(seg)
-    for name, keep in (("wav.scp", recs), ("utt2dur", utts), ("text", utts), ("utt2spk", utts)):
-        with open(os.path.join(full, name)) as src, open(os.path.join(out, name), "w") as dst:
-            dst.writelines(line for line in src if line.split(maxsplit=1)[0] in keep)
-    by_spk: Dict[str, List[str]] = {}
-    with open(os.path.join(out, "utt2spk")) as f:
-        for line in f:
-            u, s = line.split()
-            by_spk.setdefault(s, []).append(u)
-    with open(os.path.join(out, "spk2utt"), "w") as f:
-        f.writelines(f"{s} {' '.join(us)}\n" for s, us in sorted(by_spk.items(), key=lambda kv: kv[0].encode()))
-    return out
-
-
-def audio_seconds(data_dir: str) -> float:
-    with open(os.path.join(data_dir, "utt2dur")) as f:
-        return sum(float(line.split()[1]) for line in f)
-
-
-def output_stats(out: str) -> Dict[str, tuple]:
-    return {n: (os.stat(os.path.join(out, n)).st_size, os.stat(os.path.join(out, n)).st_mtime_ns)
-            for n in sorted(os.listdir(out))}
+def _cpu(row: dict) -> str:
+    return f"{row['cpu_s']:.1f}" if "cpu_s" in row else ""
 
 
 class Bench:
@@ -378,7 +274,9 @@ class Bench:
                   flush=True)
             return
         with open(path) as f:
-            self.results["kmeans_scale"] = {"source": os.path.abspath(path), **json.load(f)}
+            self.results["kmeans_scale"] = {"source": os.path.abspath(path), **json.load(f),
+                                            "source_date": time.strftime("%Y-%m-%d %H:%M UTC",
+                                                                         time.gmtime(os.path.getmtime(path)))}
         with open(self.results_path, "w") as f:
             json.dump(self.results, f, indent=1)
 
@@ -386,33 +284,37 @@ class Bench:
     def table(self) -> str:
         lines = [f"At LibriSpeech scale: {self.a.n_utts:,} utterances ({self.corpus.hours:.1f} h) of "
                  f"bench/corpus.py; {cpu_isa()}; nj {self.a.nj}, {self.a.num_workers} DataLoader workers",
-                 "", "| stage tool (as run.sh calls it) | utterances | wall s | utt/s | audio-s/s | peak RSS, largest "
-                 "process | peak RSS, all processes | Kaldi table reads | note |", "|---|---|---|---|---|---|---|---|---|"]
+                 "", "| stage tool (as run.sh calls it) | utterances | wall s | CPU s | utt/s | audio-s/s | peak RSS, largest "
+                 "process | RSS summed over its processes (sampled; shared pages in each) | Kaldi table reads | note |", "|---|---|---|---|---|---|---|---|---|---|"]
         for key, r in self.results.items():
             if key == "kmeans_scale" or r.get("rerun_of"):
                 continue
             wall = r["wall_s"]
-            audio = f"{r['audio_s'] / wall:,.0f}" if r.get("audio_s") else ""
-            lines.append(f"| {r['label']} | {r['utts']:,} | {wall:.1f} | {r['utts'] / wall:,.0f} | {audio} | "
+            audio = _rate(r["audio_s"] / wall) if r.get("audio_s") else ""
+            lines.append(f"| {r['label']} | {r['utts']:,} | {wall:.1f} | {_cpu(r)} | "
+                         f"{_rate(r['utts'] / wall)} | {audio} | "
                          f"{r['peak_rss'] / GB:.2f} GB | {r['tree_rss'] / GB:.2f} GB | "
                          f"{'' if r.get('reads') is None else r['reads']} | {r.get('note', '')} |")
         reruns = [(k, r) for k, r in self.results.items() if isinstance(r, dict) and r.get("rerun_of")]
         if reruns:
             lines += ["", "| rerun of a finished dump (same command) | utterances | wall s (start-up included) | "
-                      "peak RSS | outputs changed | Kaldi table reads |", "|---|---|---|---|---|---|"]
+                      "CPU s | peak RSS | outputs changed | Kaldi table reads |", "|---|---|---|---|---|---|---|"]
             for _, r in reruns:
-                lines.append(f"| {r['label']} | {r['utts']:,} | {r['wall_s']:.1f} | {r['peak_rss'] / GB:.2f} GB | "
+                lines.append(f"| {r['label']} | {r['utts']:,} | {r['wall_s']:.1f} | {_cpu(r)} | "
+                             f"{r['peak_rss'] / GB:.2f} GB | "
                              f"{', '.join(r.get('outputs_changed', [])) or 'none'} | "
                              f"{'' if r.get('reads') is None else r['reads']} |")
         km = self.results.get("kmeans_scale")
         if km:
-            lines += ["", f"k-means beyond memory (bench/kmeans.py --scale, {km.get('isa', '?')}; "
+            lines += ["", f"k-means beyond memory (bench/kmeans.py --scale, {km.get('source_date', '')}, "
+                      f"{km.get('isa', '?')}; "
                       f"{km['n']:,} x {km['dim']}, k = {km['k']}; inertia on the same {km['n']:,} frames):",
                       "", "| fit | seed | seconds | peak RSS | inertia |", "|---|---|---|---|---|"]
             names = {"memory": "in memory (float32)", "disk16": "streamed from disk, float16",
                      "disk32": "streamed from disk, float32", "faiss": "faiss-cpu Kmeans, 20 it."}
             for r in km["rows"]:
-                lines.append(f"| {names.get(r['mode'], r['mode'])}, {km['n'] / 1e6:g} M | {r['seed']} | "
+                seed = r["seed"] if isinstance(r.get("seed"), int) else "-"  # older files: seeding seconds there
+                lines.append(f"| {names.get(r['mode'], r['mode'])}, {km['n'] / 1e6:g} M | {seed} | "
                              f"{r['seconds']:.1f} | {r['peak_rss'] / 2**30:.2f} GiB | {r['inertia']:.4f} |")
             big = km.get("big")
             if big:
