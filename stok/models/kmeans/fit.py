@@ -116,12 +116,13 @@ def _finite(frames: TensorFrames, rows: int) -> bool:
     return all(bool(torch.isfinite(blk).all()) for _, blk in frames.blocks(rows))
 
 
-def _subsample(n: int, size: int, seed: int) -> np.ndarray:
-    """``size`` distinct frame indices in random order, drawn in O(size) memory when size << n (NumPy's
-    Floyd sampling; at most 50 x size indices otherwise): the seeding set is a prefix of the warm-up set."""
-    if size <= 0:
-        return np.zeros(0, dtype=np.int64)
-    return np.random.default_rng([int(seed), 20]).choice(n, size=size, replace=False)
+def _subsample(n: int, size: int, g: torch.Generator) -> np.ndarray:
+    """The first ``size`` frame indices of a random permutation of all ``n`` drawn from ``g`` (the seeding set is
+    a prefix of the warm-up set): the same draws, and so the same centroids, as stok's in-memory fit before the
+    on-disk sample. The permutation is 8 bytes a frame for a moment, freed before a pass allocates its
+    12 bytes a frame."""
+    perm = torch.randperm(n, generator=g)
+    return perm[:max(size, 0)].numpy().copy()
 
 
 def _bars(total_what: str, total: int):
@@ -184,7 +185,7 @@ def fit_kmeans(X, n_clusters: int, *, seed: int = 0,
     w = min(n, warmup_frames if warmup_frames is not None else default_warmup_frames(k))
     warm = warmup_iters > 0 and k <= w <= n // 2
     ts = time.perf_counter()
-    sub = frames.rows(_subsample(n, max(0 if init_centroids is not None else m, w if warm else 0), seed))
+    sub = frames.rows(_subsample(n, max(0 if init_centroids is not None else m, w if warm else 0), g))
     sub = sub.to(device)
     if storage != "memory" and not bool(torch.isfinite(sub).all()):
         raise ValueError("k-means input holds non-finite values (NaN/inf)")
