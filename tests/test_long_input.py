@@ -150,6 +150,47 @@ def test_decode_tool_streams_a_long_utterance(tiny, tmp_path):
                          "cpu", "--chunk_seconds", "-2"])
 
 
+def test_decode_holds_one_batch_of_codes_not_the_scps(tiny, tmp_path, monkeypatch):
+    """stok-decode keeps keys, lengths and locations of the scp; each record's codes are read when its batch is
+    decoded and dropped after it (memory does not grow with the number of utterances), and the audio is the same
+    as from a whole-scp read."""
+    import weakref
+
+    out = str(tmp_path / "codes")
+    _dump(tiny, out)
+    lines = open(os.path.join(out, "st_codes.scp")).read().split("\n")
+    scp = str(tmp_path / "six.scp")  # six utterances: each record three times under other keys
+    with open(scp, "w") as f:
+        for i in range(3):
+            for line in filter(None, lines):
+                key, loc = line.split(" ", 1)
+                f.write(f"{key}{i} {loc}\n")
+    codes = dict(load_codes(scp))
+    alive, reads, most = [], [], [0]
+    real_read = decode_bin.CodeRecords.read
+
+    def read(self, key, location):
+        c = real_read(self, key, location)
+        reads.append(key)
+        alive.append(weakref.ref(c))
+        most[0] = max(most[0], sum(r() is not None for r in alive))
+        return c
+
+    monkeypatch.setattr(decode_bin.CodeRecords, "read", read)
+    items = decode_bin.read_codes(scp, 0, tiny["model"].cfg.n_q, 0, tiny["model"].cfg.codebook_size)
+    assert all(isinstance(n, int) and isinstance(loc, str) for _, n, loc in items)  # no arrays kept
+    dec = str(tmp_path / "dec")
+    decode_bin.main(["--model_dir", tiny["model_dir"], "--codes_scp", scp, "--output_dir", dec, "--device", "cpu",
+                     "--batch_seconds", "0.5", "--chunk_seconds", "0"])
+    # one utterance a batch here, each read once; alive at once: the batch decoded and the one before it
+    assert sorted(reads) == sorted(codes) and len(codes) == 6 and most[0] <= 2
+    with torch.inference_mode():
+        for key, c in codes.items():
+            ref = np.clip(tiny["model"].decode(torch.from_numpy(c.T.copy())[:, None])[0, 0].numpy(), -1, 1)
+            wav, _ = sf.read(os.path.join(dec, "wav", key + ".wav"), dtype="float32")
+            np.testing.assert_allclose(wav, ref, rtol=0, atol=1.5 / 32768)
+
+
 def test_s3_log_mel_and_mfcc_in_blocks_are_bitwise_whole(monkeypatch):
     for seconds in (3.0, 7.77, 12.5):
         wave = torch.from_numpy(speechlike(seconds, seed=4))

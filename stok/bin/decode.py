@@ -8,7 +8,8 @@ Writes ``<output_dir>/wav/<utt>.wav`` (16-bit PCM at the model's rate, ``frames 
 tokenized again. Layers: column i of a codes record is RVQ layer i + 1. ``--first_layer k`` decodes from
 layer k + 1 on, i.e. the residual stack of layers k+1..: ``sum_i codebook_i[code_i]`` over those layers
 only (``--first_layer 0 --n_q 1`` is RVQ-1 alone, the content layer; ``--first_layer 1`` leaves it out).
-Codes are decoded in length-sorted batches, each item with its own length; an utterance longer than
+Codes are decoded in length-sorted batches, each item with its own length, read from the archive batch by
+batch (what is held is the keys, lengths and locations, not the scp's codes); an utterance longer than
 ``--chunk_seconds`` (60 s) is decoded as a stream of chunks of that length and written as it comes, so memory
 does not grow with its length (the decoder's LSTM state is carried from chunk to chunk and the convolutions
 see their neighbours' frames: the audio equals whole-utterance decoding to float32 rounding, see
@@ -27,7 +28,7 @@ import json
 import logging
 import os
 import time
-from typing import Iterator, List, Tuple
+from typing import BinaryIO, Dict, Iterator, List, Tuple
 
 import numpy as np
 import soundfile as sf
@@ -41,7 +42,8 @@ from stok.core.distributed import resolve_device
 from stok.core.errors import UserError
 from stok.core.fileio import atomic_open, atomic_write_text, check_output_dir
 from stok.core.records import refuse_other_record
-from stok.core.storage import load_codes
+from stok.core.ark import COMPRESSED, read_array, split_location
+from stok.core.storage import load_codes, to_codes
 from stok.core.tables import read_table
 from stok.models.speechtokenizer.long_audio import decode_stream
 from stok.models.speechtokenizer.model_args import STModelSettings
@@ -110,12 +112,33 @@ def _scp_lines(path: str) -> List[Tuple[str, str]]:
     return list(table.items())
 
 
-def read_codes(path: str, first: int, last: int, limit: int) -> List[Tuple[str, np.ndarray]]:
-    """Layers ``first..last-1`` of every record (the first ``limit``), each checked to be SpeechTokenizer codes."""
-    keys = [k for k, _ in _scp_lines(path)]
-    items: List[Tuple[str, np.ndarray]] = []
+class CodeRecords:
+    """The records of a codes scp, read back one at a time by location (open archives kept): what the decoding
+    holds is one batch of codes, not the whole scp's."""
+
+    def __init__(self, path: str, first: int, last: int):
+        self.path, self.first, self.last = path, first, last
+        self.handles: Dict[str, BinaryIO] = {}
+
+    def read(self, key: str, location: str) -> np.ndarray:
+        ark, offset = split_location(location)
+        if ark not in self.handles:
+            self.handles[ark] = open(ark, "rb")
+        array, kind = read_array(self.handles[ark], offset, f"{self.path}:{key}")
+        return to_codes(array, f"{self.path}:{key}", compressed=kind in COMPRESSED)[:, self.first:self.last]
+
+    def close(self) -> None:
+        for fd in self.handles.values():
+            fd.close()
+
+
+def read_codes(path: str, first: int, last: int, limit: int, codebook_size: int) -> List[Tuple[str, int, str]]:
+    """``(key, frames, location)`` of every record (the first ``limit``), each read once and checked to be
+    SpeechTokenizer codes of layers ``first..last-1`` within the codebooks; only these three are kept."""
+    lines = _scp_lines(path)[: limit or None]
+    items: List[Tuple[str, int, str]] = []
     it = load_codes(path)
-    for key in keys[: limit or None]:
+    for key, location in lines:
         try:
             got, codes = next(it)
             if got != key:
@@ -135,7 +158,11 @@ def read_codes(path: str, first: int, last: int, limit: int) -> List[Tuple[str, 
         if codes.shape[1] < last:
             raise UserError(f"{path}:{key} has {codes.shape[1]} codebooks; layers up to {last - 1} "
                             "asked for (lower --n_q or dump more codebooks)")
-        items.append((key, codes[:, first:last]))
+        c = codes[:, first:last]
+        if c.size and (c.min() < 0 or c.max() >= codebook_size):
+            raise UserError(f"{path}:{key} has codes {int(c.min())}..{int(c.max())}, the model's codebooks have "
+                            f"{codebook_size} entries: these codes come from another model")
+        items.append((key, len(c), location))
     return items
 
 
@@ -185,30 +212,27 @@ def main(argv=None) -> dict:
     if last > cfg.n_q:
         raise UserError(f"layers {args.first_layer}..{last - 1} asked for, the model has {cfg.n_q} (0..{cfg.n_q - 1}): "
                         "lower --n_q")
-    items = read_codes(args.codes_scp, args.first_layer, last, args.limit)
-    bad = [(k, int(c.min()), int(c.max())) for k, c in items if c.size and (c.min() < 0 or c.max() >= cfg.codebook_size)]
-    if bad:
-        k, lo, hi = bad[0]
-        raise UserError(f"{args.codes_scp}:{k} has codes {lo}..{hi}, the model's codebooks have {cfg.codebook_size} "
-                        "entries: these codes come from another model")
+    items = read_codes(args.codes_scp, args.first_layer, last, args.limit, cfg.codebook_size)
     record = decode_record(args, model_settings.files(), args.first_layer, last)
     check_output(args.output_dir, record, args.overwrite)
 
     wav_dir = start_output(args.output_dir, record, args.overwrite)
-    todo = [(k, c) for k, c in items if args.overwrite or not os.path.exists(os.path.join(wav_dir, k + ".wav"))]
+    todo = [it for it in items if args.overwrite or not os.path.exists(os.path.join(wav_dir, it[0] + ".wav"))]
     chunk = int(round(args.chunk_seconds * cfg.sample_rate / cfg.hop))
-    streamed = [(k, c) for k, c in todo if chunk and len(c) > chunk]
-    whole = [(k, c) for k, c in todo if not (chunk and len(c) > chunk)]
+    streamed = [it for it in todo if chunk and it[1] > chunk]
+    whole = [it for it in todo if not (chunk and it[1] > chunk)]
     frames_budget = int(args.batch_seconds * cfg.sample_rate / cfg.hop)
-    batches = make_batches([len(c) for _, c in whole], frames_budget, 0, bucketing=True)
+    batches = make_batches([n for _, n, _ in whole], frames_budget, 0, bucketing=True)
+    records = CodeRecords(args.codes_scp, args.first_layer, last)
     start, seconds = time.time(), 0.0
     with torch.inference_mode(), tqdm(total=len(todo), desc="decode", unit="utt") as bar:
-        for key, c in streamed:
+        for key, _, location in streamed:
+            c = records.read(key, location)
             blocks = decode_stream(model, torch.from_numpy(c.T).to(device), args.first_layer, chunk)
             seconds += _write_wav_stream(os.path.join(wav_dir, key + ".wav"), blocks, cfg.sample_rate) / cfg.sample_rate
             bar.update(1)
         for idx in batches:
-            group = [whole[i] for i in idx]
+            group = [(whole[i][0], records.read(whole[i][0], whole[i][2])) for i in idx]
             lengths = torch.tensor([len(c) for _, c in group], device=device)
             padded = torch.zeros(last - args.first_layer, len(group), int(lengths.max()), dtype=torch.long, device=device)
             for b, (_, c) in enumerate(group):
@@ -219,8 +243,9 @@ def main(argv=None) -> dict:
                 _write_wav(os.path.join(wav_dir, key + ".wav"), wav[b, 0, :n], cfg.sample_rate)
                 seconds += n / cfg.sample_rate
             bar.update(len(group))
+    records.close()
     with atomic_open(os.path.join(args.output_dir, "wav.scp"), "w") as f:
-        for key, _ in sorted(items):
+        for key, _, _ in sorted(items):
             f.write(f"{key} {os.path.abspath(os.path.join(wav_dir, key + '.wav'))}\n")
     summary = {"utterances": len(items), "decoded_now": len(todo), "audio_seconds_now": seconds,
                "wall_seconds": time.time() - start, "layers": [args.first_layer, last - 1],

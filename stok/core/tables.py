@@ -8,7 +8,7 @@ without its newline (a shard scp of a dump killed mid-line).
 
 from __future__ import annotations
 
-from typing import Dict, Iterable, Optional, Type
+from typing import Dict, Iterable, Optional, Tuple, Type
 
 from stok.core.errors import UserError
 
@@ -20,6 +20,21 @@ class TableError(UserError, ValueError):
 def sort_keys(keys: Iterable[str]) -> list:
     """C-locale order (bytes), as Kaldi's ``sort`` with LC_ALL=C."""
     return sorted(keys, key=lambda k: k.encode("utf-8"))
+
+
+def split_line(line: str, path: str, n: int, min_fields: int = 2, max_fields: Optional[int] = None,
+               scp: bool = False, error: Type[TableError] = TableError) -> Tuple[str, str]:
+    """``(key, rest)`` of one stripped, non-blank table line (line ``n`` of ``path``), its field count checked."""
+    parts = line.split(maxsplit=1)
+    rest = parts[1] if len(parts) > 1 else ""
+    nfields = 1 + len(rest.split()) if (max_fields or min_fields > 2) else (2 if rest else 1)
+    if nfields < min_fields or (max_fields and nfields > max_fields):
+        if scp:
+            raise error(f"{path}:{n}: expected 'utt location', got {line!r}")
+        want = f"{min_fields}" if max_fields == min_fields else f"at least {min_fields}"
+        raise error(f"{path}:{n}: expected {want} fields, got {nfields}: {line!r}; "
+                    "each line is 'key value...': fix or remove it")
+    return parts[0], rest
 
 
 def read_table(path: str, min_fields: int = 2, max_fields: Optional[int] = None, *, scp: bool = False,
@@ -48,18 +63,10 @@ def read_table(path: str, min_fields: int = 2, max_fields: Optional[int] = None,
         line = line.strip()
         if not line:
             continue
-        parts = line.split(maxsplit=1)
-        rest = parts[1] if len(parts) > 1 else ""
-        nfields = 1 + len(rest.split()) if (max_fields or min_fields > 2) else (2 if rest else 1)
-        if nfields < min_fields or (max_fields and nfields > max_fields):
-            if scp:
-                raise error(f"{path}:{n}: expected 'utt location', got {line!r}")
-            want = f"{min_fields}" if max_fields == min_fields else f"at least {min_fields}"
-            raise error(f"{path}:{n}: expected {want} fields, got {nfields}: {line!r}; "
-                             "each line is 'key value...': fix or remove it")
-        if parts[0] in out:
-            raise error(f"{path}:{n}: duplicate key {parts[0]!r}; keys must be unique")
-        out[parts[0]] = rest
+        key, rest = split_line(line, path, n, min_fields, max_fields, scp, error)
+        if key in out:
+            raise error(f"{path}:{n}: duplicate key {key!r}; keys must be unique")
+        out[key] = rest
     return out
 
 

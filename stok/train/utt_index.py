@@ -29,7 +29,7 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Ty
 
 import numpy as np
 
-from stok.core.tables import TableError
+from stok.core.tables import TableError, split_line
 from stok.data.kaldi_dir import KaldiDirError, Utterance
 
 _CHUNK = 8192
@@ -67,16 +67,7 @@ def _lines(path: str, min_fields: int, max_fields: Optional[int], scp: bool, wha
                 raise error(f"{path}:{n}: not UTF-8 text; Kaldi lists are UTF-8") from None
             if not line:
                 continue
-            parts = line.split(maxsplit=1)
-            rest = parts[1] if len(parts) > 1 else ""
-            nfields = 1 + len(rest.split()) if (max_fields or min_fields > 2) else (2 if rest else 1)
-            if nfields < min_fields or (max_fields and nfields > max_fields):
-                if scp:
-                    raise error(f"{path}:{n}: expected 'utt location', got {line!r}")
-                want = f"{min_fields}" if max_fields == min_fields else f"at least {min_fields}"
-                raise error(f"{path}:{n}: expected {want} fields, got {nfields}: {line!r}; "
-                            "each line is 'key value...': fix or remove it")
-            chunk.append((n, parts[0], rest))
+            chunk.append((n, *split_line(line, path, n, min_fields, max_fields, scp, error)))
             if len(chunk) >= _CHUNK:
                 yield chunk
                 chunk = []
