@@ -60,13 +60,19 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from stok.models.kmeans import Assigner, fit_kmeans  # noqa: E402
 
 
-def make_data(n: int, dim: int, n_phones: int = 50, n_contexts: int = 20, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
+def clusters(rng: np.random.Generator, dim: int, n_phones: int = 50, n_contexts: int = 20):
+    """(centres [n_phones * n_contexts, dim], Zipf-like weights) of the synthetic speech-like frames: phones,
+    each in a few contexts, drawn from ``rng``."""
     phones = rng.standard_normal((n_phones, dim)).astype(np.float32)
     sub = phones.repeat(n_contexts, 0) + 0.6 * rng.standard_normal((n_phones * n_contexts, dim)).astype(np.float32)
+    w = 1.0 / np.arange(1, sub.shape[0] + 1) ** 0.7
+    return sub, rng.permutation(w / w.sum())
+
+
+def make_data(n: int, dim: int, n_phones: int = 50, n_contexts: int = 20, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    sub, w = clusters(rng, dim, n_phones, n_contexts)
     m = sub.shape[0]
-    w = 1.0 / np.arange(1, m + 1) ** 0.7
-    w = rng.permutation(w / w.sum())
     lab = rng.choice(m, size=n, p=w)
     sigma = rng.uniform(0.35, 0.7, size=m).astype(np.float32)
     x = sub[lab]

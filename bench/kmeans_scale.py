@@ -23,14 +23,13 @@ BLOCK = 65536  # frames generated per block (each block its own seeded generator
 
 
 def latent(dim: int, seed: int, n_phones: int = 50, n_contexts: int = 20):
-    """The cluster structure of bench/kmeans.py's ``make_data`` (same draws for the same seed)."""
+    """The cluster structure of bench/kmeans.py's ``make_data`` (the same centres and weights for the same seed;
+    the spreads are drawn next, where ``make_data`` draws its labels first)."""
+    from bench.kmeans import clusters
+
     rng = np.random.default_rng(seed)
-    phones = rng.standard_normal((n_phones, dim)).astype(np.float32)
-    sub = phones.repeat(n_contexts, 0) + 0.6 * rng.standard_normal((n_phones * n_contexts, dim)).astype(np.float32)
-    m = sub.shape[0]
-    w = 1.0 / np.arange(1, m + 1) ** 0.7
-    w = rng.permutation(w / w.sum())
-    sigma = rng.uniform(0.35, 0.7, size=m).astype(np.float32)
+    sub, w = clusters(rng, dim, n_phones, n_contexts)
+    sigma = rng.uniform(0.35, 0.7, size=sub.shape[0]).astype(np.float32)
     return sub, w, sigma
 
 
