@@ -45,8 +45,6 @@ def auto_kernels() -> str:
 
 
 class STDumpModel(DumpModel):
-    #: the fast path flips ~1% of frames at near-ties (random-weights benchmark): opt-in (--cpu_kernels fast)
-    fast_cpu_by_default = False
     # On CPU both paths run the convolutions item by item; --cpu_kernels fast runs the LSTM on the batch, which pays
     # from 16 utterances on (stok.models.speechtokenizer.batched_lstm): the batch holds only 50 Hz features
     batch_seconds = {"cpu": 600.0, "cuda": 600.0}
@@ -83,7 +81,8 @@ class STDumpModel(DumpModel):
 
     def set_cpu_kernels(self, kernels: str) -> None:
         """``--cpu_kernels``: auto (the faster exact path here, :func:`auto_kernels`), fast or reference; also
-        ``exact`` (the fast path's exact mode)."""
+        ``exact`` (the fast path's exact mode). ``fast`` flips ~1% of frames at near-ties (random-weights
+        benchmark), so ``auto`` never takes it: it is opt-in."""
         if kernels not in ("auto", "fast", "reference", "exact"):
             raise ValueError(f"cpu kernels {kernels!r}: choose auto, fast, reference or exact")
         self.kernels = auto_kernels() if kernels == "auto" else kernels
