@@ -127,7 +127,10 @@ class CodeRecords:
         array, kind = read_array(self.handles[ark], offset, f"{self.path}:{key}")
         return to_codes(array, f"{self.path}:{key}", compressed=kind in COMPRESSED)[:, self.first:self.last]
 
-    def close(self) -> None:
+    def __enter__(self) -> "CodeRecords":
+        return self
+
+    def __exit__(self, *exc) -> None:
         for fd in self.handles.values():
             fd.close()
 
@@ -223,9 +226,9 @@ def main(argv=None) -> dict:
     whole = [it for it in todo if not (chunk and it[1] > chunk)]
     frames_budget = int(args.batch_seconds * cfg.sample_rate / cfg.hop)
     batches = make_batches([n for _, n, _ in whole], frames_budget, 0, bucketing=True)
-    records = CodeRecords(args.codes_scp, args.first_layer, last)
     start, seconds = time.time(), 0.0
-    with torch.inference_mode(), tqdm(total=len(todo), desc="decode", unit="utt") as bar:
+    with CodeRecords(args.codes_scp, args.first_layer, last) as records, torch.inference_mode(), \
+            tqdm(total=len(todo), desc="decode", unit="utt") as bar:
         for key, _, location in streamed:
             c = records.read(key, location)
             blocks = decode_stream(model, torch.from_numpy(c.T).to(device), args.first_layer, chunk)
@@ -243,7 +246,6 @@ def main(argv=None) -> dict:
                 _write_wav(os.path.join(wav_dir, key + ".wav"), wav[b, 0, :n], cfg.sample_rate)
                 seconds += n / cfg.sample_rate
             bar.update(len(group))
-    records.close()
     with atomic_open(os.path.join(args.output_dir, "wav.scp"), "w") as f:
         for key, _, _ in sorted(items):
             f.write(f"{key} {os.path.abspath(os.path.join(wav_dir, key + '.wav'))}\n")
