@@ -10,9 +10,9 @@ gradients. The parameters are the model's own (``stok.models.s3.encoder``); this
   utterance's tokens are the ones it gets alone (the reference path masks padding to the same effect).
 - **Kernels.** Matrix products through oneDNN with weights reordered once into its blocked layout
   (``stok.models.packed_linear``), GELU fused into the FFN's first product and the conv stem's, the FFN's
-  residual add fused into its second; the FSMN's depthwise convolution as a channels-last 2-D convolution
-  (oneDNN's depthwise kernel in that layout, ~6x the [B, D, T] one); attention per utterance (two batched products
-  and a softmax for short ones, torch's fused kernel for long ones), the head_dim^-0.25 scales of q and k as one
+  residual add fused into its second; the FSMN's depthwise convolution over all utterances at once, one
+  multiply-add per tap (``_fsmn``); attention per utterance (two batched products
+  and a softmax for short ones, oneDNN products per head for long ones), the head_dim^-0.25 scales of q and k as one
   head_dim^-0.5 (1/8 at the released size); VQ distances
   as one product with the codebook's squared norms as its bias (|x|^2, the same for every code, left out).
 - **Precision** (:class:`Precision`): fp32 throughout by default. ``bf16`` (on CPUs with AVX-512 BF16 or AMX)
@@ -77,13 +77,22 @@ class Precision:
 
 
 FP32 = Precision()
-# --dtype bf16 on CPU, per version: chosen by measurement (bench/s3_dump.py --modes a,c,o,r prints speed and agreement)
+#: --dtype bf16 on CPU, per version: chosen by measurement (bench/s3_dump.py --modes a,c,o,r prints speed and agreement;
+#: AMD EPYC, 2 cores with AVX-512 BF16, full-size random weights, ``BF16_AGREEMENT`` below). v2: the query/key and FFN
+#: products (the value and output products, the FSMN and the stem fp32): 1.65x the fp32 onnxruntime extractor with
+#: 99.6% of tokens equal to fp32 (all five products: 1.9x, 98.8%; the FFN alone: 1.5x, 99.55%). v1 and v3 reach
+#: 99.5% with no recipe at any useful speed (v3: 98.5% with fc2 alone at 1.2x; v1: at most 95%, with fc2 alone at
+#: 1.2x), so they keep the fastest recipe, and the CLI says what it costs.
 BF16 = {
     "v1_50hz": Precision("bf16", bf16=("qk", "v", "out", "fc1", "fc2")),
     "v1_25hz": Precision("bf16", bf16=("qk", "v", "out", "fc1", "fc2")),
-    "v2_25hz": Precision("bf16", bf16=("qk", "v", "out", "fc1", "fc2")),
+    "v2_25hz": Precision("bf16", bf16=("qk", "fc1", "fc2")),
     "v3_25hz": Precision("bf16", bf16=("qk", "v", "out", "fc1", "fc2")),
 }
+#: the share of tokens equal to fp32 that ``BF16`` gave in that measurement (bench/s3_dump.py --quick, 106 s)
+BF16_AGREEMENT = {"v1_50hz": 0.875, "v1_25hz": 0.881, "v2_25hz": 0.996, "v3_25hz": 0.959}
+#: what --dtype bf16 should keep at least; below it the CLI warns
+TARGET_AGREEMENT = 0.995
 
 
 def eligible(model) -> bool:
@@ -228,8 +237,7 @@ class CpuInference:
         att = torch.empty(n, heads, d // heads, dtype=att_dtype)
         scale = (d // heads) ** -0.5  # the reference scales q and k each by head_dim^-0.25
         for a, b in segments:
-            att[a:b] = _attention(q[a:b].transpose(0, 1), k[a:b].transpose(0, 1), vh[a:b].transpose(0, 1),
-                                  scale).transpose(0, 1)
+            att[a:b] = _attention(q[a:b], k[a:b], vh[a:b], scale)
         out = self._linear(att.view(n, d), f"out{i}", [attn.out.weight], lambda: attn.out.weight, attn.out.bias,
                            dtype("out"))
         if attn.fsmn_block is not None:
@@ -245,16 +253,25 @@ class CpuInference:
         return x + self._linear(u, f"fc2_{i}", [fc2.weight], lambda: fc2.weight, fc2.bias, torch.bfloat16)
 
     def _fsmn(self, i: int, taps: torch.Tensor, v: torch.Tensor, segments) -> torch.Tensor:
-        """FSMN memory plus its input, per segment (zero padding at the segment's own edges): [N, D] float32."""
-        kernel = self._derived(f"fsmn{i}", [taps], lambda: taps[:, :, None, :].contiguous(
-            memory_format=torch.channels_last))
-        pad = (taps.shape[-1] - 1) // 2
-        out = torch.empty_like(v)
+        """FSMN memory plus its input, per segment (zero padding at the segment's own edges): [N, D] float32.
+
+        All segments at once: one matrix holds them with ``pad`` zero rows before, between and after them, and the
+        depthwise convolution is one multiply-add per tap over the whole matrix (a tap's weights times the matrix
+        shifted by the tap). Every segment sees only its own rows and zeros, as alone; one pass per tap over
+        ~1000 rows costs a fraction of a convolution call per segment (4.6x less on 2 AVX-512 cores)."""
+        weights = self._derived(f"fsmn{i}", [taps], lambda: taps[:, 0, :].t().contiguous())  # [K, D]
+        k, pad = weights.shape[0], (weights.shape[0] - 1) // 2
+        zeros = v.new_zeros(pad, v.shape[1])
+        parts = [zeros]
         for a, b in segments:
-            seg = v[a:b].t()[None, :, None, :]  # [1, D, 1, T], channels-last strides
-            mem = F.conv2d(seg, kernel, padding=(0, pad), groups=v.shape[1])[0, :, 0, :].t()
-            torch.add(mem, v[a:b], out=out[a:b])
-        return out
+            parts += [v[a:b], zeros]
+        joined = torch.cat(parts)  # segment j starts at row pad + a_j + j * pad
+        m = joined.shape[0] - 2 * pad
+        acc = joined[pad:pad + m].clone()  # the FSMN's input, to which the memory is added
+        for t in range(k):
+            acc.addcmul_(joined[t:t + m], weights[t])
+        rows = torch.cat([torch.arange(a, b) + j * pad for j, (a, b) in enumerate(segments)])
+        return acc.index_select(0, rows)
 
     def _quantize(self, model, x: torch.Tensor) -> torch.Tensor:
         q = model.quantizer
@@ -267,18 +284,39 @@ class CpuInference:
         return q(x)
 
 
-#: up to this many frames attention runs as two batched products and a softmax (measured on 2 AVX-512 cores, 20
-#: heads of 64: 1.6x torch's fused kernel at 75 frames, 1.2x at 200, even at 400); longer, the fused kernel, whose
-#: blocks stay in cache (2.4x at 750 frames)
-SHORT_ATTENTION = 300
+#: up to this many frames attention runs as two batched products over the heads and a softmax; longer, one
+#: oneDNN product per head (``_attention_per_head``). Measured on 2 AVX-512 cores (AMD EPYC, fp32, 20 heads of 64):
+#: torch's batched products (MKL, whose AVX-512 path AMD CPUs do not get) reach 130-170 GFLOP/s from 100 to 300
+#: frames and so does torch's fused attention kernel, built on the same products; one oneDNN product per head
+#: pays a call per head but reaches 200 GFLOP/s at 400 frames and 260 at 800, where the others stay at 150-170.
+SHORT_ATTENTION = 350
 
 
 def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-    """Softmax attention of one utterance, q/k/v [heads, T, head_dim] -> [heads, T, head_dim]."""
-    if q.shape[1] > SHORT_ATTENTION or q.dtype != torch.float32:
-        return F.scaled_dot_product_attention(q[None], k[None], v[None], scale=scale)[0]
+    """Softmax attention of one utterance, q/k/v [T, heads, head_dim] (rows of the ragged batch) -> [T, heads,
+    head_dim]. bfloat16 operands go to torch's fused kernel (oneDNN's bf16 products inside)."""
+    if q.dtype != torch.float32:
+        return F.scaled_dot_product_attention(q.transpose(0, 1)[None], k.transpose(0, 1)[None],
+                                              v.transpose(0, 1)[None], scale=scale)[0].transpose(0, 1)
+    if q.shape[0] > SHORT_ATTENTION:
+        return _attention_per_head(q, k, v, scale)
+    q, k, v = q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1)
     scores = torch.bmm(q, k.transpose(1, 2)).mul_(scale)
-    return torch.bmm(torch.softmax(scores, dim=-1), v)
+    return torch.bmm(torch.softmax(scores, dim=-1), v).transpose(0, 1)
+
+
+def _attention_per_head(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """As :func:`_attention`, one head at a time through oneDNN's products: the scores q_h (k_h scale)^T as a
+    linear layer whose weight is k_h, the output as one whose weight is v_h^T."""
+    heads = q.shape[1]
+    qh = q.transpose(0, 1).contiguous()  # [heads, T, head_dim]
+    kh = (k * scale).transpose(0, 1).contiguous()
+    vt = v.permute(1, 2, 0).contiguous()  # [heads, head_dim, T]
+    out = q.new_empty(q.shape)
+    for h in range(heads):
+        probs = torch.softmax(_linear(qh[h], kh[h], None, "none", [], ""), dim=-1)
+        out[:, h] = _linear(probs, vt[h], None, "none", [], "")
+    return out
 
 
 def _offsets(lengths: Sequence[int]) -> List[int]:
