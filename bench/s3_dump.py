@@ -51,11 +51,12 @@ from concurrent.futures import ThreadPoolExecutor
 import tempfile
 import time
 
-import numpy as np
-import soundfile as sf
-import torch
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import stok  # noqa: E402,F401  before torch: MKL's AVX-512 kernels on AMD CPUs (stok.mkl_on_amd)
+
+import numpy as np  # noqa: E402
+import soundfile as sf  # noqa: E402
+import torch  # noqa: E402
 
 from bench.roofline import fraction, gemm_peak, print_peak  # noqa: E402
 from stok.bin.dump_s3 import NAME, get_parser  # noqa: E402
@@ -271,7 +272,8 @@ def main(argv=None):
     work = args.workdir or tempfile.mkdtemp(prefix="s3bench_")
     keys, paths, audio = make_corpus(os.path.join(work, "data"), n, args.min_seconds, hi, seed=0)
     print(f"corpus: {n} utterances, {args.min_seconds:g}-{hi:g} s shuffled, {audio:.1f} s of audio; "
-          f"torch threads {threads}, {os.cpu_count()} cores; ISA {isa}", flush=True)
+          f"torch threads {threads}, {os.cpu_count()} cores; ISA {isa}; MKL on AMD {stok.mkl_on_amd.status()}",
+          flush=True)
     peak = gemm_peak() if args.device == "cpu" else None
     if peak:
         print_peak(peak)

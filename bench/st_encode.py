@@ -50,10 +50,11 @@ import types
 import warnings
 from typing import List, Optional
 
-import torch
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+import stok  # noqa: E402,F401  before torch: MKL's AVX-512 kernels on AMD CPUs (stok.mkl_on_amd)
+
+import torch  # noqa: E402
 
 from stok.core.bucketing import make_batches  # noqa: E402
 from stok.models.cpu_isa import cpu_isa  # noqa: E402
@@ -261,7 +262,7 @@ def main() -> None:
     if os.environ.get("ATEN_CPU_CAPABILITY") or os.environ.get("ONEDNN_MAX_CPU_ISA"):
         isa += (f" running ATEN_CPU_CAPABILITY={os.environ.get('ATEN_CPU_CAPABILITY', '-')} "
                 f"ONEDNN_MAX_CPU_ISA={os.environ.get('ONEDNN_MAX_CPU_ISA', '-')} kernels")
-    print(f"ISA: {isa}")
+    print(f"ISA: {isa}; MKL on AMD {stok.mkl_on_amd.status()}")
     print(f"device {device} ({torch.get_num_threads()} CPU threads), {args.dtype}; model built and codebooks "
           f"filled in {setup:.1f} s; {args.n_utts} utterances, {total:.1f} s of audio "
           f"({args.min_seconds:g}-{args.max_seconds:g} s); (b): {len(batches)} batch(es) of <= "

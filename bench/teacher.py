@@ -46,13 +46,15 @@ import sys
 import tempfile
 import time
 
-import kaldiio
-import numpy as np
-import soundfile as sf
-import torch
-import torchaudio
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import stok  # noqa: E402,F401  before torch: MKL's AVX-512 kernels on AMD CPUs (stok.mkl_on_amd)
+
+import kaldiio  # noqa: E402
+import numpy as np  # noqa: E402
+import soundfile as sf  # noqa: E402
+import torch  # noqa: E402
+import torchaudio  # noqa: E402
+
 from bench.roofline import fraction, gemm_peak, print_peak  # noqa: E402
 from stok.bin.dump_features import NAME, get_parser  # noqa: E402
 from stok.core.bucketing import make_batches  # noqa: E402
@@ -188,7 +190,7 @@ def main() -> None:
     padded_s = sum(len(b) * max(lengths[i] for i in b) for b in batches) / 16000
     print(f"set: {len(waves)} utterances, {audio_s:.0f} s of audio ({args.min_s}-{args.max_s} s), {len(batches)} "
           f"batches of <= {args.batch_seconds:g} s (padding {100 * (1 - audio_s / padded_s):.1f}%), torch threads "
-          f"{threads}, {os.cpu_count()} cores ({isa}), HuBERT base "
+          f"{threads}, {os.cpu_count()} cores ({isa}; MKL on AMD {stok.mkl_on_amd.status()}), HuBERT base "
           f"({sum(q.numel() for q in baseline.parameters()) / 1e6:.1f} M params, random weights)", flush=True)
     peak = gemm_peak()
     print_peak(peak)

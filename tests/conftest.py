@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import os
+import platform
+import shutil
 import sys
+
+import stok  # noqa: F401  first, as the tools import it: before torch (stok.mkl_on_amd)
 
 import numpy as np
 import pytest
@@ -72,3 +76,22 @@ def require_peer(module: str):
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(msg)
         pytest.skip(msg)
+
+
+def _cpuinfo(field):
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith(field):
+                return line.split(":", 1)[1].strip()
+    return ""
+
+
+def mkl_shim_expected() -> bool:
+    """Whether a process that imports stok first gets stok.mkl_on_amd's shim, read from /proc/cpuinfo here (not
+    from the module under test): Linux x86-64, an AMD CPU with AVX-512 F/CD/BW/DQ/VL, a C compiler."""
+    if sys.platform != "linux" or platform.machine() != "x86_64" or os.environ.get("STOK_MKL_ON_AMD") == "0":
+        return False
+    flags = set(_cpuinfo("flags").split())
+    has_cc = any(shutil.which(c) for c in (os.environ.get("CC") or "cc", "cc", "gcc", "clang"))
+    return (_cpuinfo("vendor_id") == "AuthenticAMD" and {"avx512f", "avx512cd", "avx512bw", "avx512dq",
+                                                         "avx512vl"} <= flags and has_cc)

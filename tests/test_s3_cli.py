@@ -16,7 +16,7 @@ from stok.data.audio import load_audio
 from stok.core.storage import load_codes
 from stok.models.s3.frontend import log_mel
 from stok.models.s3.onnx_import import load_onnx
-from tests.conftest import PYTHON, REPO, speechlike
+from tests.conftest import PYTHON, REPO, mkl_shim_expected, speechlike
 
 
 def env():
@@ -58,6 +58,8 @@ def test_demo_model_and_dump_commands_of_stage_5(corpus):
     r = subprocess.run(cmd, cwd=REPO, env=env(), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     assert "tokens are for smoke-testing only" in r.stderr
+    shim = "MKL's AVX-512 kernels on AMD (stok.mkl_on_amd): "
+    assert shim + ("on" if mkl_shim_expected() else "off: ") in r.stderr
     got = dict(load_codes(str(out / "s3_tokens.scp")))
     failed = dict(line.rstrip("\n").split("\t") for line in open(out / "failed.list"))
     assert set(failed) == {"utt6"} and "TooShort" in failed["utt6"]

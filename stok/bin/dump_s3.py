@@ -16,7 +16,7 @@ checkpoint (its metadata gives the version). Output: ``s3_tokens.scp`` / ``s3_to
 matrix products with bfloat16 inputs and weights where the CPU has bfloat16 dot products (AVX-512 BF16 or AMX),
 keeping the residual stream, normalisation, softmax statistics and the quantizer in fp32 (per version, see
 ``stok.models.s3.cpu_infer.BF16``); tokens then differ from fp32 ones at a rate ``bench/s3_dump.py`` prints
-(measured: under 0.5% for v2_25hz; 4-13% for v1 and v3, which the run warns about); on a CPU without them it is
+(measured: 0.4-0.5% for v2_25hz; 4-13% for v1 and v3, which the run warns about); on a CPU without them it is
 refused. The dtype (and on CPU the bf16 recipe) is part of the dump's fingerprint.
 """
 
@@ -52,7 +52,7 @@ def get_parser() -> argparse.ArgumentParser:
     g.add_argument("--dtype", choices=sorted(DTYPES), default="fp32",
                    help="encoder precision (the quantizer stays fp32): fp32; bf16 on a GPU, or on a CPU with "
                         "bfloat16 dot products (AVX-512 BF16 or AMX: bf16 matrix products, fp32 residual stream, "
-                        "normalisation and softmax statistics; tokens differ from fp32: under 0.5%% for v2_25hz, "
+                        "normalisation and softmax statistics; tokens differ from fp32: 0.4-0.5%% for v2_25hz, "
                         "4-13%% for v1 and v3, which the run warns about); fp16 on a GPU")
     g.add_argument("--window_batch", type=int, default=0,
                    help="long audio (> 30 s): 30 s windows encoded at most this many at a time (0: 8 on GPU, 2 on CPU)")

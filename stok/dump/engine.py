@@ -204,6 +204,12 @@ def _write_shard(settings: DumpSettings, inp, model: DumpModel, name: str, info,
         log.info("%s: %d %s, %d in shard %d of %d (%d already done), %d batches of at most %s and %s items, "
                  "padding %.1f%%, device %s", name, len(keys), inp.noun, len(mine), info.rank, info.world, already,
                  len(batches), budget, settings.batch_size or "any number of", 100 * pad["padding_ratio"], info.device)
+        if info.device.type == "cpu":
+            from stok import mkl_on_amd
+            from stok.models.cpu_isa import cpu_isa
+
+            log.info("%s: CPU %s, %d threads; MKL's AVX-512 kernels on AMD (stok.mkl_on_amd): %s", name,
+                     cpu_isa().label, torch.get_num_threads(), mkl_on_amd.status())
 
     loader = inp.loader(model, todo, batches, settings.num_workers, info.device.type == "cuda")
     written, audio_seconds = 0, 0.0

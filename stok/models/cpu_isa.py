@@ -63,15 +63,26 @@ class CpuIsa:
         return " ".join([base] + [f"+{e}" for e in extras])
 
 
-def _proc_flags() -> FrozenSet[str]:
+def _cpuinfo_field(*names: str) -> str:
+    """The value of the first ``/proc/cpuinfo`` line starting with one of ``names`` ("" where there is none)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("flags") or line.startswith("Features"):
-                    return frozenset(line.split(":", 1)[1].split())
+                if line.startswith(names):
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return frozenset()
+    return ""
+
+
+def proc_flags() -> FrozenSet[str]:
+    """The CPU's feature flags as Linux lists them (empty elsewhere)."""
+    return frozenset(_cpuinfo_field("flags", "Features").split())
+
+
+def cpu_vendor() -> str:
+    """``AuthenticAMD``, ``GenuineIntel``, ... (Linux; "" elsewhere)."""
+    return _cpuinfo_field("vendor_id")
 
 
 def _torch_flags() -> FrozenSet[str]:
@@ -89,7 +100,7 @@ def _torch_flags() -> FrozenSet[str]:
 def _detect(override: str) -> CpuIsa:
     if override:
         return CpuIsa(frozenset(f.strip().lower() for f in override.split(",") if f.strip()))
-    return CpuIsa(_proc_flags() or _torch_flags())
+    return CpuIsa(proc_flags() or _torch_flags())
 
 
 def cpu_isa() -> CpuIsa:

@@ -89,8 +89,10 @@ BF16 = {
     "v2_25hz": Precision("bf16", bf16=("qk", "fc1", "fc2")),
     "v3_25hz": Precision("bf16", bf16=("qk", "v", "out", "fc1", "fc2")),
 }
-#: the share of tokens equal to fp32 that ``BF16`` gave in that measurement (bench/s3_dump.py --quick, 106 s)
-BF16_AGREEMENT = {"v1_50hz": 0.875, "v1_25hz": 0.881, "v2_25hz": 0.996, "v3_25hz": 0.959}
+#: the share of tokens equal to fp32 that ``BF16`` gave, token-weighted over four measurements (bench/s3_dump.py
+#: --quick, 106 s, twice; --n 40, 662 s, twice): v1_50hz 87.5-87.6%, v1_25hz 86.9-88.1%, v2_25hz 99.47-99.62%,
+#: v3_25hz 95.9-96.4%
+BF16_AGREEMENT = {"v1_50hz": 0.875, "v1_25hz": 0.873, "v2_25hz": 0.9955, "v3_25hz": 0.962}
 #: what --dtype bf16 should keep at least; below it the CLI warns
 TARGET_AGREEMENT = 0.995
 
@@ -286,9 +288,11 @@ class CpuInference:
 
 #: up to this many frames attention runs as two batched products over the heads and a softmax; longer, one
 #: oneDNN product per head (``_attention_per_head``). Measured on 2 AVX-512 cores (AMD EPYC, fp32, 20 heads of 64):
-#: torch's batched products (MKL, whose AVX-512 path AMD CPUs do not get) reach 130-170 GFLOP/s from 100 to 300
-#: frames and so does torch's fused attention kernel, built on the same products; one oneDNN product per head
-#: pays a call per head but reaches 200 GFLOP/s at 400 frames and 260 at 800, where the others stay at 150-170.
+#: torch's batched products run in MKL; with MKL's AVX2 kernels (what MKL gives AMD CPUs unless stok.mkl_on_amd is
+#: on) they reach 130-170 GFLOP/s from 100 to 300 frames, with its AVX-512 kernels 250-290 up to 500 frames; one
+#: oneDNN product per head pays a call per head but reaches 200 GFLOP/s at 400 frames and 260 at 800, and keeps
+#: each head's [T, T] scores in cache. In the whole model (v1_25hz, 40 utterances of 1-30 s, MKL AVX-512) 350
+#: stays the best threshold: 66.0 audio-s/s, against 65.2 at 500, 64.3 at 650 and 61.5 at 800.
 SHORT_ATTENTION = 350
 
 
