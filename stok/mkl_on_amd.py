@@ -1,10 +1,11 @@
 """MKL's AVX-512 kernels on AMD CPUs that have AVX-512: a one-function shim loaded before torch.
 
-torch runs its fp32 batched matrix products (``torch.bmm``: the attention scores and outputs of stok's S3 and
-HuBERT encoders) in Intel MKL, linked into ``libtorch_cpu``. For those products MKL picks its kernels by CPU
-*vendor*: on an AMD CPU it runs its AVX2 kernels even where the CPU has AVX-512 (Zen 4, Zen 5). Measured on 2
-Zen-5 cores (AMD EPYC, family 26), ``torch.bmm`` of 20 heads of [200, 64] x [64, 200] on one thread: 110
-GFLOP/s, 237 with MKL's AVX-512 kernels (large single products already run AVX-512 either way).
+torch runs its fp32 matrix products (``torch.bmm``: the attention scores and outputs of stok's S3 and HuBERT
+encoders; ``F.linear``/``addmm`` outside stok's oneDNN kernels: the reference kernels, torchaudio) in Intel MKL,
+linked into ``libtorch_cpu``. MKL picks its kernels by CPU *vendor*: on an AMD CPU it mostly runs its AVX2 kernels
+even where the CPU has AVX-512 (Zen 4, Zen 5). Measured on 2 Zen-5 cores (AMD EPYC, family 26): ``torch.bmm`` of
+20 heads of [200, 64] x [64, 200] on one thread 110 GFLOP/s, 237 with MKL's AVX-512 kernels; ``torch.addmm`` of
+[981, 1280] x [1280, 5120] on two threads 222, 465 with them (stok's oneDNN products: 465-490 either way).
 
 MKL asks one exported function, ``mkl_serv_intel_cpu_true``, whether the CPU is Intel's. :func:`enable` builds a
 shared library whose only content is that function returning 1 (one line of C, compiled once with the system C
