@@ -26,11 +26,12 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
 import tempfile
-from typing import Optional
+from typing import List, Optional
 
 from stok.models.cpu_isa import cpu_vendor, proc_flags
 
@@ -73,11 +74,12 @@ def _cache_dir() -> str:
     return os.path.join(root, "mkl_on_amd")
 
 
-def _compiler() -> Optional[str]:
-    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
-        path = name and shutil.which(name.split()[0])
-        if path:
-            return path
+def _compiler() -> Optional[List[str]]:
+    """The C compiler's command line: ``$CC`` (which may carry a wrapper or flags, e.g. ``ccache gcc``), else the
+    first of cc, gcc, clang on PATH."""
+    for command in (shlex.split(os.environ.get("CC", "")), ["cc"], ["gcc"], ["clang"]):
+        if command and shutil.which(command[0]):
+            return command
     return None
 
 
@@ -94,10 +96,10 @@ def _build() -> str:
         src, out = os.path.join(tmp, "shim.c"), os.path.join(tmp, "shim.so")
         with open(src, "w") as f:
             f.write(SOURCE)
-        done = subprocess.run([cc, "-shared", "-fPIC", "-O2", "-o", out, src], capture_output=True, text=True,
+        done = subprocess.run([*cc, "-shared", "-fPIC", "-O2", "-o", out, src], capture_output=True, text=True,
                               timeout=120)
         if done.returncode != 0:
-            raise RuntimeError(f"{cc} failed: {done.stderr.strip()[-300:]}")
+            raise RuntimeError(f"{' '.join(cc)} failed: {done.stderr.strip()[-300:]}")
         os.replace(out, target)
     return target
 

@@ -104,3 +104,18 @@ def test_the_built_shim_answers_intel_and_a_missing_compiler_is_a_reason(tmp_pat
     monkeypatch.setattr(mkl_on_amd, "_compiler", lambda: None)
     with pytest.raises(RuntimeError, match="no C compiler"):
         mkl_on_amd._build()
+
+
+def test_cc_with_a_wrapper_is_one_command_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("STOK_CACHE", str(tmp_path))
+    wrapper = tmp_path / "wrap"
+    wrapper.write_text('#!/bin/sh\necho "$@" > "$(dirname "$0")/args"\nexec "$@"\n')
+    wrapper.chmod(0o755)
+    compiler = mkl_on_amd._compiler()
+    if compiler is None:
+        pytest.skip("no C compiler on this machine")  # the shim's 'no compiler' reason is tested above
+    monkeypatch.setenv("CC", f"{wrapper} {compiler[0]}")
+    assert mkl_on_amd._compiler() == [str(wrapper), compiler[0]]
+    lib = ctypes.CDLL(mkl_on_amd._build(), mode=ctypes.RTLD_LOCAL)
+    assert lib.mkl_serv_intel_cpu_true() == 1
+    assert (tmp_path / "args").read_text().split()[:2] == [compiler[0], "-shared"]
