@@ -49,10 +49,6 @@ def status() -> str:
     return _status or "off: not tried"
 
 
-def active() -> bool:
-    return status() == "on"
-
-
 def _reason_not_to() -> Optional[str]:
     if os.environ.get(ENV, "1").strip().lower() in ("0", "off", "false", "no"):
         return f"{ENV}={os.environ[ENV]}"

@@ -113,19 +113,22 @@ def hubert_ckpt(tmp_path_factory):
 @pytest.mark.parametrize("tool", ["features", "kmeans"])
 def test_hubert_memory_is_one_chunk(hubert_ckpt, tmp_path, tool):
     """240 s in 10 s chunks against 10 s (one chunk): within a waveform, the features (the dump's output) and the
-    slack (all chunks of the file in one batch hold every chunk's activations at once)."""
+    slack (all chunks of the file in one batch hold every chunk's activations at once). The 10 s peak is the
+    higher of two runs: one run in a few peaks ~35 MB lower than the others (measured 774-817 MB over ten
+    runs, with or without stok.mkl_on_amd), which alone would eat most of the slack."""
     from stok.models.kmeans.model import KMeansModel
 
     km = str(tmp_path / "km.npz")
     KMeansModel(np.random.default_rng(0).standard_normal((50, 768)).astype(np.float32)).save(km)
     peaks = {}
-    for seconds in (10.0, 240.0):
+    for seconds, runs in ((10.0, 2), (240.0, 1)):
         data = one_file_dir(str(tmp_path / f"d{seconds:g}"), seconds)
-        common = ["--teacher", "hubert", "--checkpoint", hubert_ckpt, "--layer", "2", "--max_chunk_seconds", "10",
-                  "--data_dir", data, "--output_dir", str(tmp_path / f"o{seconds:g}"), "--device", "cpu",
-                  "--num_workers", "0"]
-        argv = (["stok.bin.dump_features"] if tool == "features" else
-                ["stok.bin.kmeans", "dump", "--from_audio", "--km_model", km]) + common
-        peaks[seconds] = peak_rss(argv)
+        for run in range(runs):
+            common = ["--teacher", "hubert", "--checkpoint", hubert_ckpt, "--layer", "2", "--max_chunk_seconds",
+                      "10", "--data_dir", data, "--output_dir", str(tmp_path / f"o{seconds:g}_{run}"), "--device",
+                      "cpu", "--num_workers", "0"]
+            argv = (["stok.bin.dump_features"] if tool == "features" else
+                    ["stok.bin.kmeans", "dump", "--from_audio", "--km_model", km]) + common
+            peaks[seconds] = max(peaks.get(seconds, 0), peak_rss(argv))
     feats = int(240.0 * 50) * 768 * 4 if tool == "features" else 0
     assert peaks[240.0] <= peaks[10.0] + _wave_bytes(240.0) + feats + SLACK, {k: v / MB for k, v in peaks.items()}

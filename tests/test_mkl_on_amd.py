@@ -20,7 +20,7 @@ from stok import mkl_on_amd
 from tests.conftest import PYTHON, REPO, mkl_shim_expected
 
 PROBE = r"""
-import json, os, sys
+import json, sys
 if sys.argv[1] == "torch-first":
     import torch
 import stok
