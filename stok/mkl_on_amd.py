@@ -33,6 +33,7 @@ import sys
 import tempfile
 from typing import List, Optional
 
+from stok.core.fileio import cache_dir
 from stok.models.cpu_isa import cpu_vendor, proc_flags
 
 #: the AVX-512 subsets MKL's AVX-512 (Skylake-server) kernels use
@@ -65,11 +66,6 @@ def _reason_not_to() -> Optional[str]:
     return None
 
 
-def _cache_dir() -> str:
-    root = os.environ.get("STOK_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "stok")
-    return os.path.join(root, "mkl_on_amd")
-
-
 def _compiler() -> Optional[List[str]]:
     """The C compiler's command line: ``$CC`` (which may carry a wrapper or flags, e.g. ``ccache gcc``), else the
     first of cc, gcc, clang on PATH."""
@@ -81,7 +77,7 @@ def _compiler() -> Optional[List[str]]:
 
 def _build() -> str:
     """The shim's path, compiled on first use (atomically: concurrent processes may race to build it)."""
-    target = os.path.join(_cache_dir(), f"mkl_intel_cpu_{hashlib.sha256(SOURCE.encode()).hexdigest()[:12]}.so")
+    target = cache_dir("mkl_on_amd", f"mkl_intel_cpu_{hashlib.sha256(SOURCE.encode()).hexdigest()[:12]}.so")
     if os.path.exists(target):
         return target
     cc = _compiler()

@@ -13,7 +13,7 @@ import os
 import time
 from typing import Dict
 
-from stok.core.fileio import atomic_open
+from stok.core.fileio import atomic_open, cache_dir
 
 log = logging.getLogger("stok")
 _memo: Dict[str, tuple] = {}
@@ -21,8 +21,7 @@ RACY_SECONDS = 2.0  # coarse filesystem timestamps (FAT: 2 s)
 
 
 def _cache_path() -> str:
-    root = os.environ.get("STOK_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "stok")
-    return os.path.join(root, "checksums.json")
+    return cache_dir("checksums.json")
 
 
 def _stat_key(path: str) -> tuple:

@@ -3,6 +3,7 @@
 A reader (or a rerun after a kill) sees either the old file or the complete new one, never a torn one;
 the temporary file is removed when writing fails. :func:`check_output_dir` tells, without touching anything,
 whether an output directory could be created and written (tools check it before they write).
+:func:`cache_dir` is where stok keeps what it caches between runs (weights checksums, converted models, the MKL shim).
 """
 
 from __future__ import annotations
@@ -81,3 +82,9 @@ def check_output_dir(path: str, what: str = "--output_dir") -> None:
         raise UserError(f"{what} {path} cannot be created: {parent} is a file, not a directory")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise UserError(f"{what} {path} cannot be created: {parent} is not writable")
+
+
+def cache_dir(*parts: str) -> str:
+    """``$STOK_CACHE`` (default ``~/.cache/stok``), joined with ``parts``; nothing is created."""
+    root = os.environ.get("STOK_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "stok")
+    return os.path.join(root, *parts)

@@ -18,6 +18,7 @@ from typing import List, Optional
 import torch
 
 from stok.core.checksums import sha256_of
+from stok.core.fileio import cache_dir as stok_cache_dir
 from stok.models.s3.checkpoint import CheckpointError, load_checkpoint, read_metadata, save_checkpoint
 from stok.models.s3.config import VERSIONS
 from stok.models.s3.model import S3Tokenizer
@@ -87,8 +88,7 @@ def _official(name: str):
 
 
 def cache_dir() -> str:
-    root = os.environ.get("STOK_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "stok")
-    return os.path.join(root, "s3tokenizer")
+    return stok_cache_dir("s3tokenizer")
 
 
 def offline() -> bool:
