@@ -79,8 +79,9 @@ class Precision:
 FP32 = Precision()
 #: --dtype bf16 on CPU, per version: chosen by measurement (bench/s3_dump.py --modes a,c,o,r prints speed and agreement;
 #: AMD EPYC, 2 cores with AVX-512 BF16, full-size random weights, ``BF16_AGREEMENT`` below). v2: the query/key and FFN
-#: products (the value and output products, the FSMN and the stem fp32): 1.65x the fp32 onnxruntime extractor with
-#: 99.6% of tokens equal to fp32 (all five products: 1.9x, 98.8%; the FFN alone: 1.5x, 99.55%). v1 and v3 reach
+#: products (the value and output products, the FSMN and the stem fp32): 1.6-1.7x the fp32 onnxruntime extractor on
+#: 1-8 s utterances (1.4x on 1-30 s) with 99.47-99.62% of tokens equal to fp32 (all five products: 1.9x, 98.8%; the
+#: FFN alone: 1.5x, 99.55%). v1 and v3 reach
 #: 99.5% with no recipe at any useful speed (v3: 98.5% with fc2 alone at 1.2x; v1: at most 95%, with fc2 alone at
 #: 1.2x), so they keep the fastest recipe, and the CLI says what it costs.
 BF16 = {
